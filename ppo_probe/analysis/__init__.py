@@ -1,0 +1,1 @@
+"""Analysis room: pandas and pyarrow only, never torch."""

@@ -1,0 +1,122 @@
+"""Per-step and per-cycle metrics (DESIGN section 3): every aggregation of the report in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .formulas import clipped_by_ratio
+from .pairing import resolve_steps
+
+STEP_KEY = ["rank", "cycle", "step"]
+
+
+def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip_coef: float) -> pd.DataFrame:
+    """One row per optimizer step, over the update rows whose gradient fed that step."""
+    rows = pairs[pairs["step"].notna()].copy()
+    rows["step"] = rows["step"].astype("int64")
+    rows["clip_eps"] = clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef)
+    rows["k1"] = -rows["log_ratio"]
+    rows["k2"] = 0.5 * rows["log_ratio"] ** 2
+    rows["clip_grad"] = rows["clipped"].astype("float64")  # NaN where no gradient arrived
+    rows["paired_f"] = rows["paired"].astype("float64")
+    paired = rows[rows["paired"]]
+
+    counts = rows.groupby(STEP_KEY).agg(rows=("paired_f", "size"), match_rate=("paired_f", "mean"))
+    stats = paired.groupby(STEP_KEY).agg(
+        epoch=("epoch", "max"),
+        paired_rows=("k1", "size"),
+        kl_k1=("k1", "mean"),
+        kl_k2=("k2", "mean"),
+        kl_k3=("k3", "mean"),
+        kl_exact=("kl_exact", "mean"),
+        clip_fraction=("clip_eps", "mean"),
+        clip_fraction_grad=("clip_grad", "mean"),
+        ratio_mean=("ratio", "mean"),
+        max_abs_log_ratio=("log_ratio", lambda s: s.abs().max()),
+        adv_eff_mean=("adv_eff", "mean"),
+        adv_eff_std=("adv_eff", "std"),
+    )
+    table = counts.join(stats, how="left")
+    table = table.join(_entropy_per_step(dists, steps), how="left")
+    step_info = steps.set_index(["rank", "step"])[["lr", "grad_norm", "delta_norm", "optimizer_class"]]
+    table = table.reset_index().merge(step_info, left_on=["rank", "step"], right_index=True, how="left")
+    order = [
+        "rank", "cycle", "step", "epoch", "rows", "paired_rows", "match_rate", "kl_k1", "kl_k2",
+        "kl_k3", "kl_exact", "clip_fraction", "clip_fraction_grad", "ratio_mean",
+        "max_abs_log_ratio", "entropy", "entropy_norm", "adv_eff_mean", "adv_eff_std",
+        "grad_norm", "delta_norm", "lr", "optimizer_class",
+    ]  # fmt: skip
+    table = table[order].sort_values(["rank", "step"]).reset_index(drop=True)
+    table["epoch"] = table["epoch"].astype("Int64")
+    table["paired_rows"] = table["paired_rows"].fillna(0).astype("int64")
+    return table
+
+
+def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    update = dists[dists["grad_enabled"].fillna(False).astype(bool)].copy()
+    if update.empty:
+        return pd.DataFrame(columns=["entropy", "entropy_norm"], index=pd.MultiIndex.from_tuples([], names=STEP_KEY))
+    update["step"] = resolve_steps(update, steps)
+    update = update[update["step"].notna()]
+    update["step"] = update["step"].astype("int64")
+    weight = update["rows"].astype("float64")
+    update["w_entropy"] = update["entropy"] * weight
+    update["w_entropy_norm"] = update["entropy_norm"] * weight
+    update["w"] = weight
+    sums = update.groupby(STEP_KEY)[["w_entropy", "w_entropy_norm", "w"]].sum()
+    return pd.DataFrame(
+        {"entropy": sums["w_entropy"] / sums["w"], "entropy_norm": sums["w_entropy_norm"] / sums["w"]}
+    )
+
+
+def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cycle. ``kl_k3`` is the mean per-step k3 over the cycle's last epoch and
+    ``clip_fraction`` the mean per-step ``|r-1| > eps`` over all its steps: exactly SB3's
+    ``train/approx_kl`` and ``train/clip_fraction``. Other columns name their aggregation:
+    ``_end`` = mean over last-epoch steps, ``_mean`` = mean over all steps."""
+    if step_table.empty:
+        return pd.DataFrame(columns=_CYCLE_COLUMNS)
+    s = step_table.copy()
+    last_epoch = s.groupby(["rank", "cycle"])["epoch"].transform("max")
+    s["is_last"] = s["epoch"] == last_epoch
+    first_step = s.groupby(["rank", "cycle"])["step"].transform("min")
+    s["first_abs"] = s["max_abs_log_ratio"].where(s["step"] == first_step)
+    end = s[s["is_last"].fillna(False).astype(bool)].groupby(["rank", "cycle"]).agg(
+        kl_k3=("kl_k3", "mean"),
+        kl_k1_end=("kl_k1", "mean"),
+        kl_k2_end=("kl_k2", "mean"),
+        kl_exact_end=("kl_exact", "mean"),
+    )
+    every = s.groupby(["rank", "cycle"]).agg(
+        n_steps=("step", "size"),
+        n_epochs=("epoch", lambda e: int(e.max()) + 1 if e.notna().any() else 0),
+        rows=("rows", "sum"),
+        paired_rows=("paired_rows", "sum"),
+        clip_fraction=("clip_fraction", "mean"),
+        clip_fraction_grad_mean=("clip_fraction_grad", "mean"),
+        kl_k3_mean=("kl_k3", "mean"),
+        first_step_max_abs_log_ratio=("first_abs", "max"),
+        entropy_mean=("entropy", "mean"),
+        entropy_norm_mean=("entropy_norm", "mean"),
+        adv_eff_std_mean=("adv_eff_std", "mean"),
+        grad_norm_mean=("grad_norm", "mean"),
+        delta_norm_mean=("delta_norm", "mean"),
+        lr=("lr", "first"),
+    )
+    paired = pairs[pairs["paired"]]
+    ratio = paired.groupby(["rank", "cycle"]).agg(
+        ratio_mean=("ratio", "mean"), adv_eff_mean=("adv_eff", "mean")
+    )
+    table = every.join(end, how="left").join(ratio, how="left").reset_index()
+    table["match_rate"] = table["paired_rows"] / table["rows"].where(table["rows"] > 0)
+    return table[_CYCLE_COLUMNS].sort_values(["rank", "cycle"]).reset_index(drop=True)
+
+
+_CYCLE_COLUMNS = [
+    "rank", "cycle", "n_steps", "n_epochs", "rows", "paired_rows", "match_rate", "kl_k3",
+    "clip_fraction", "kl_k1_end", "kl_k2_end", "kl_exact_end", "kl_k3_mean",
+    "clip_fraction_grad_mean", "ratio_mean", "first_step_max_abs_log_ratio", "entropy_mean",
+    "entropy_norm_mean", "adv_eff_mean", "adv_eff_std_mean", "grad_norm_mean",
+    "delta_norm_mean", "lr",
+]  # fmt: skip

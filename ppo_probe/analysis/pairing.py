@@ -1,0 +1,100 @@
+"""Pair update-phase log-prob rows with the sampling rows of the same cycle (DESIGN section 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .formulas import MASKED_LOGIT, ratio_terms
+
+PAIR_KEY = ["rank", "cycle", "actor", "fingerprint", "action"]
+
+
+def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
+    """The optimizer step each row's gradient fed: the first actor step at or after the row's
+    ``seq`` within the same rank and cycle; NA when the cycle ends first (e.g. a KL guard broke
+    the loop after computing the loss)."""
+    out = np.full(len(frame), -1, dtype=np.int64)
+    actor_steps = steps[steps["holds_actor"].fillna(True).astype(bool)]
+    for rank, rows in frame.groupby("rank", sort=False).indices.items():
+        own = actor_steps[actor_steps["rank"] == rank].sort_values("step")
+        if own.empty:
+            continue
+        step_ids = own["step"].to_numpy(np.int64)
+        step_cycles = own["cycle"].to_numpy(np.int64)
+        seq = frame["seq"].to_numpy(np.int64)[rows]
+        cycle = frame["cycle"].to_numpy(np.int64)[rows]
+        pos = np.searchsorted(step_ids, seq, side="left")
+        inside = pos < len(step_ids)
+        found = np.where(inside, step_ids[np.minimum(pos, len(step_ids) - 1)], -1)
+        same_cycle = inside & (step_cycles[np.minimum(pos, len(step_ids) - 1)] == cycle)
+        out[rows] = np.where(same_cycle, found, -1)
+    return pd.Series(out, index=frame.index).where(out >= 0).astype("Int64")
+
+
+def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None) -> pd.DataFrame:
+    """One row per update-phase log-prob row; ``paired`` says whether a sampling row matched."""
+    is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
+    sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row"]]
+    old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
+        columns={"logp": "old_logp", "row": "old_row"}
+    )
+    multiplicity = sampling.groupby(PAIR_KEY, sort=False).size().rename("multiplicity")
+    old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
+
+    update = samples.loc[samples["phase"] == "update"]
+    pairs = update.merge(old, on=PAIR_KEY, how="left", validate="many_to_one")
+    pairs = pairs.rename(columns={"logp": "new_logp", "row": "new_row"})
+    pairs["paired"] = pairs["old_logp"].notna()
+    seen_before = pairs.groupby(PAIR_KEY, sort=False, dropna=False).cumcount()
+    pairs["epoch"] = (seen_before // pairs["multiplicity"].fillna(1).astype(np.int64)).astype("int64")
+    pairs["step"] = resolve_steps(pairs, steps)
+
+    terms = ratio_terms(
+        pairs["new_logp"].to_numpy(np.float32), pairs["old_logp"].to_numpy(np.float32, na_value=np.nan)
+    )
+    for name, values in terms.items():
+        pairs[name] = values
+    grad = pairs["grad_logp"].to_numpy(np.float64, na_value=np.nan)
+    pairs["clipped"] = pd.array(grad == 0.0, dtype="boolean").copy()
+    pairs.loc[np.isnan(grad), "clipped"] = pd.NA
+    observable = np.isfinite(grad) & (grad != 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adv = -grad * pairs["call_rows"].to_numpy(np.float64) / terms["ratio"]
+    pairs["adv_eff"] = np.where(observable, adv, np.nan)
+    pairs["kl_exact"] = exact_kl(
+        logits,
+        pairs["new_row"].to_numpy(np.int64),
+        pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
+    )
+    columns = [
+        "rank", "cycle", "step", "epoch", "actor", "action", "fingerprint", "paired",
+        "old_logp", "new_logp", "log_ratio", "ratio", "k3", "grad_logp", "clipped", "adv_eff",
+        "kl_exact", "call_rows", "seq", "dist_id", "multiplicity",
+    ]  # fmt: skip
+    return pairs[columns]
+
+
+def exact_kl(logits: pa.Array | None, new_rows: np.ndarray, old_rows: np.ndarray) -> np.ndarray:
+    """KL(old || new) per row from the kept normalized logits; NaN where not kept or K differs."""
+    out = np.full(len(new_rows), np.nan)
+    if logits is None or len(logits) == 0 or len(new_rows) == 0:
+        return out
+    has_old = ~np.isnan(old_rows)
+    old = np.where(has_old, old_rows, 0).astype(np.int64)
+    offsets = logits.offsets.to_numpy()
+    values = logits.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    valid = logits.is_valid().to_numpy(zero_copy_only=False)
+    k_new = offsets[new_rows + 1] - offsets[new_rows]
+    k_old = offsets[old + 1] - offsets[old]
+    ok = has_old & valid[new_rows] & valid[old] & (k_new == k_old) & (k_new > 0)
+    for k in np.unique(k_new[ok]):
+        sel = np.flatnonzero(ok & (k_new == k))
+        cols = np.arange(k)
+        lo = values[offsets[old[sel]][:, None] + cols]
+        ln = values[offsets[new_rows[sel]][:, None] + cols]
+        with np.errstate(over="ignore", invalid="ignore"):
+            term = np.where(lo <= MASKED_LOGIT, 0.0, np.exp(lo) * (lo - ln))
+        out[sel] = term.sum(axis=1)
+    return out

@@ -1,0 +1,1 @@
+"""Capture room: the training hot path. Imports torch, never pandas."""

@@ -1,0 +1,89 @@
+"""The one wrapt patch: Categorical's __init__, sample, log_prob and entropy report to sessions.
+
+Categorical has no hook API, so this is the only place the probe patches a class. The patch is
+installed when the first session attaches and the original functions are put back when the last
+one detaches, so nested and repeated watches share one patch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+from torch.distributions import Categorical
+
+from .handles import Handle
+
+if TYPE_CHECKING:
+    from .session import Session
+
+_PATCHED = ("__init__", "sample", "log_prob", "entropy")
+_lock = threading.Lock()
+_sessions: list[Session] = []
+_originals: dict[str, Any] = {}
+
+
+def attach(session: Session) -> Handle:
+    """Route Categorical events to ``session`` until the returned handle is removed."""
+    with _lock:
+        if not _sessions:
+            _install()
+        _sessions.append(session)
+    return Handle(lambda: _detach(session))
+
+
+def _detach(session: Session) -> None:
+    with _lock:
+        if session in _sessions:
+            _sessions.remove(session)
+        if not _sessions:
+            _uninstall()
+
+
+def _install() -> None:
+    wrappers = {"__init__": _init, "sample": _sample, "log_prob": _log_prob, "entropy": _entropy}
+    for name in _PATCHED:
+        original = Categorical.__dict__[name]
+        _originals[name] = original
+        setattr(Categorical, name, wrapt.FunctionWrapper(original, wrappers[name]))
+
+
+def _uninstall() -> None:
+    try:
+        for name, original in _originals.items():
+            setattr(Categorical, name, original)
+    finally:
+        _originals.clear()
+
+
+# Each wrapper runs the original first: if it raises, the trainer sees its own error untouched.
+# The session methods never raise (they count their failures) unless the session is strict.
+
+
+def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    wrapped(*args, **kwargs)
+    for session in tuple(_sessions):
+        session.on_dist_init(instance)
+
+
+def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    for session in tuple(_sessions):
+        session.on_sample(instance)
+    return result
+
+
+def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    value = args[0] if args else kwargs.get("value")
+    for session in tuple(_sessions):
+        session.on_log_prob(instance, value, result)
+    return result
+
+
+def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    for session in tuple(_sessions):
+        session.on_entropy(instance, result)
+    return result

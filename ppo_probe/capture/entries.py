@@ -1,0 +1,123 @@
+"""Track depth-0 entries into the watched module tree and attribute each Categorical to one."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Entry:
+    """The first tensor input of an outermost call into a watched module."""
+
+    actor: str
+    module: str
+    tensor: torch.Tensor
+    version: int
+    grad_enabled: bool
+    requires_grad: bool
+
+
+def first_tensor(args: Iterable[Any], kwargs: dict[str, Any] | None = None) -> torch.Tensor | None:
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value
+    for value in (kwargs or {}).values():
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+class EntryTracker:
+    """Keeps the depth-0 entries seen since the previous Categorical and picks the input for the next.
+
+    Rule (DESIGN section 2): among entries with the same grad mode whose input's leading dims equal
+    the Categorical's batch shape, in grad mode prefer inputs that do not themselves require grad
+    (SB3 runs features_extractor(obs) -> mlp_extractor -> action_net outside any policy forward),
+    skip the very input already attributed to the previous Categorical unless nothing else is left
+    (CleanRL calls the critic on the same obs after the actor), then take the earliest.
+    """
+
+    def __init__(self, on_error: Callable[[str, BaseException], None]) -> None:
+        self._on_error = on_error
+        self.depth = 0
+        self.pending: deque[Entry] = deque(maxlen=64)
+        self._last: Entry | None = None
+
+    def hooks_for(self, actor: str, module: nn.Module, name: str) -> tuple[Callable, Callable]:
+        """Forward pre/post hooks for one module of actor ``actor``."""
+
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            try:
+                if self.depth == 0:
+                    self._enter(actor, name, first_tensor(args, kwargs))
+            except Exception as exc:  # noqa: BLE001 - never break the trainer
+                self._on_error("forward hook", exc)
+            self.depth += 1
+
+        def post(mod: nn.Module, args: tuple, output: Any) -> None:
+            self.depth = max(0, self.depth - 1)
+
+        return pre, post
+
+    def global_hooks(self) -> tuple[Callable, Callable]:
+        """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
+
+        def pre(mod: nn.Module, args: tuple) -> None:
+            try:
+                if self.depth == 0:
+                    self._enter("auto", type(mod).__name__, first_tensor(args))
+            except Exception as exc:  # noqa: BLE001
+                self._on_error("forward hook", exc)
+            self.depth += 1
+
+        def post(mod: nn.Module, args: tuple, output: Any) -> None:
+            self.depth = max(0, self.depth - 1)
+
+        return pre, post
+
+    def _enter(self, actor: str, module: str, tensor: torch.Tensor | None) -> None:
+        if tensor is None:
+            return
+        self.pending.append(
+            Entry(
+                actor=actor,
+                module=module,
+                tensor=tensor,
+                version=tensor._version,
+                grad_enabled=torch.is_grad_enabled(),
+                requires_grad=tensor.requires_grad,
+            )
+        )
+
+    def attribute(self, grad_enabled: bool, batch_shape: torch.Size) -> Entry | None:
+        n = len(batch_shape)
+        candidates = [
+            e
+            for e in self.pending
+            if e.grad_enabled == grad_enabled and tuple(e.tensor.shape[:n]) == tuple(batch_shape)
+        ]
+        self.pending.clear()
+        if grad_enabled:
+            plain = [e for e in candidates if not e.requires_grad]
+            candidates = plain or candidates
+        last = self._last
+        if last is not None:
+            fresh = [
+                e for e in candidates if not (e.tensor is last.tensor and e.version == last.version)
+            ]
+            candidates = fresh or candidates
+        if not candidates:
+            return None
+        self._last = candidates[0]
+        return candidates[0]
+
+    def forget(self) -> None:
+        """Drop references to user tensors (at exit)."""
+        self.pending.clear()
+        self._last = None

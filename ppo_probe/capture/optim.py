@@ -1,0 +1,124 @@
+"""Optimizer step pre/post hooks: per-parameter gradient, delta and outside-change norms."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .records import StepRecord
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def _params(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[int]]:
+    params: list[torch.Tensor] = []
+    groups: list[int] = []
+    for g, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            params.append(p)
+            groups.append(g)
+    return params, groups
+
+
+class StepRecorder:
+    """Records one StepRecord per ``optimizer.step()`` without host syncs.
+
+    A snapshot of every stepped tensor is kept between steps (one copy of the stepped parameters):
+    at a pre-hook it tells how far the tensor moved since the last post-hook of any watched
+    optimizer (a change made outside the optimizer), and at the post-hook how far the step moved it.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._snapshots: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+        self._pending: dict[int, tuple[StepRecord, list[torch.Tensor]]] = {}
+        self._indices: dict[int, int] = {}
+        self.optimizers: list[weakref.ref] = []
+
+    def index_of(self, optimizer: torch.optim.Optimizer) -> int:
+        key = id(optimizer)
+        if key not in self._indices:
+            self._indices[key] = len(self.optimizers)
+            self.optimizers.append(weakref.ref(optimizer))
+        return self._indices[key]
+
+    def _snapshot(self, p: torch.Tensor) -> torch.Tensor | None:
+        found = self._snapshots.get(id(p))
+        if found is None or found[0]() is not p or found[1].shape != p.shape:
+            return None
+        return found[1]
+
+    @torch.no_grad()
+    def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        session = self._session
+        params, groups = _params(optimizer)
+        grads = [p.grad for p in params]
+        present = [g for g in grads if g is not None]
+        grad_norms = iter(torch._foreach_norm(present) if present else [])
+        grad_norm = [next(grad_norms) if g is not None else None for g in grads]
+        nonzero = [torch.count_nonzero(g) if g is not None else None for g in grads]
+
+        snaps = [self._snapshot(p) for p in params]
+        known = [i for i, s in enumerate(snaps) if s is not None]
+        outside: list[torch.Tensor | None] = [None] * len(params)
+        if known:
+            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
+            for i, norm in zip(known, torch._foreach_norm(diffs)):
+                outside[i] = norm
+        self._take_snapshots(params, snaps)
+
+        names = [session.param_name(p) for p in params]
+        feeds = [session.feeds_logits(p) for p in params]
+        record = StepRecord(
+            step=session.seq,
+            cycle=session.cycle,
+            optimizer=self.index_of(optimizer),
+            optimizer_class=type(optimizer).__name__,
+            holds_actor=session.holds_actor(params),
+            names=names,
+            groups=groups,
+            lrs=[optimizer.param_groups[g].get("lr", float("nan")) for g in groups],
+            weight_decays=[optimizer.param_groups[g].get("weight_decay", 0.0) for g in groups],
+            numels=[p.numel() for p in params],
+            requires_grad=[p.requires_grad for p in params],
+            grad_is_none=[g is None for g in grads],
+            feeds_logits=feeds,
+            grad_norm=grad_norm,
+            grad_nonzero=nonzero,
+            outside_delta=outside,
+        )
+        self._pending[id(optimizer)] = (record, params)
+
+    @torch.no_grad()
+    def post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pending = self._pending.pop(id(optimizer), None)
+        if pending is None:
+            return
+        record, params = pending
+        snaps = [self._snapshot(p) for p in params]
+        record.param_norm = list(torch._foreach_norm(params)) if params else []
+        known = [i for i, s in enumerate(snaps) if s is not None]
+        delta: list[torch.Tensor | None] = [None] * len(params)
+        if known:
+            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
+            for i, norm in zip(known, torch._foreach_norm(diffs)):
+                delta[i] = norm
+        record.delta_norm = delta
+        self._take_snapshots(params, snaps)
+        self._session.on_step_done(record)
+
+    def _take_snapshots(self, params: list[torch.Tensor], snaps: list[torch.Tensor | None]) -> None:
+        have = [i for i, s in enumerate(snaps) if s is not None]
+        if have:
+            torch._foreach_copy_([snaps[i] for i in have], [params[i] for i in have])
+        for i, s in enumerate(snaps):
+            if s is None:
+                p = params[i]
+                self._snapshots[id(p)] = (weakref.ref(p), p.detach().clone())
+
+    def clear(self) -> None:
+        self._snapshots.clear()
+        self._pending.clear()

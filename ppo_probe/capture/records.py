@@ -1,0 +1,283 @@
+"""Records kept on the hot path (tensor references, no host copies) and their bulk conversion.
+
+The hot path only appends records holding references to small device tensors. ``to_columns`` runs
+on the writer thread at a flush: it concatenates per table, copies to the host once, and computes
+per-distribution statistics from the kept logits in bulk, so the training thread never pays for it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+MASKED_LOGIT = -1e7  # normalized logits at or below this count as masked categories
+
+PHASES = ("sampling", "update", "eval")
+
+
+class Generation:
+    """Marks a batch of records as flushed, so that late gradient hooks know they missed it."""
+
+    __slots__ = ("flushed",)
+
+    def __init__(self) -> None:
+        self.flushed = False
+
+
+@dataclass(eq=False)
+class DistRecord:
+    dist_id: int
+    cycle: int
+    seq: int
+    grad_enabled: bool
+    actor: str
+    entry: str | None
+    batch_shape: tuple[int, ...]
+    rows: int
+    n_categories: int
+    logits: torch.Tensor  # detached normalized logits, [rows, K]
+    keep_logits: bool
+    fingerprint: torch.Tensor | None  # [rows] int64 on the logits' device
+    logits_require_grad: bool
+    input_mutated: bool
+    gen: Generation
+    grad_entropy: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class CallRecord:
+    call_id: int
+    dist: DistRecord
+    phase: str
+    cycle: int
+    seq: int
+    row_index: torch.Tensor | None  # dist row of each log-prob row, None when they coincide
+    action: torch.Tensor  # [n] int64
+    logp: torch.Tensor  # [n] float32
+    n: int
+    gen: Generation
+    grads: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class StepRecord:
+    step: int
+    cycle: int
+    optimizer: int
+    optimizer_class: str
+    holds_actor: bool
+    names: list[str]
+    groups: list[int]
+    lrs: list[Any]
+    weight_decays: list[Any]
+    numels: list[int]
+    requires_grad: list[bool]
+    grad_is_none: list[bool]
+    feeds_logits: list[bool]
+    grad_norm: list[torch.Tensor | None]
+    grad_nonzero: list[torch.Tensor | None]
+    outside_delta: list[torch.Tensor | None]
+    param_norm: list[torch.Tensor] = field(default_factory=list)
+    delta_norm: list[torch.Tensor | None] = field(default_factory=list)
+    wall_time: float = field(default_factory=time.time)
+
+
+def _host(tensors: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    if not tensors:
+        return np.empty(0, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    try:
+        joined = torch.cat([t.to(dtype) for t in tensors])
+    except RuntimeError:  # tensors on several devices
+        joined = torch.cat([t.detach().to("cpu", dtype) for t in tensors])
+    return joined.detach().cpu().numpy()
+
+
+def _scalars(values: list[torch.Tensor | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Host float64 values of 0-d tensors and a mask of the missing (None) ones.
+
+    One host copy per batch, not per value. Missing entries read NaN but are told apart from a
+    real NaN by the mask, so a non-finite gradient is never mistaken for an absent one.
+    """
+    out = np.full(len(values), np.nan)
+    missing = np.array([v is None for v in values], dtype=bool)
+    present = np.flatnonzero(~missing)
+    if len(present):
+        out[present] = _host([values[i].reshape(1) for i in present], torch.float64)
+    return out, missing
+
+
+def _float(value: Any) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+@torch.no_grad()
+def _row_stats(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row [masked count, spread of unmasked logits, entropy, entropy / log K_eff]."""
+    masked = logits <= MASKED_LOGIT
+    n_masked = masked.sum(-1).to(torch.float64)
+    k_eff = logits.shape[-1] - n_masked
+    finite = logits.to(torch.float64).masked_fill(masked, 0.0)
+    probs = finite.exp().masked_fill(masked, 0.0)
+    entropy = -(probs * finite).sum(-1)
+    mean = finite.sum(-1) / k_eff.clamp(min=1)
+    sq = (finite - mean.unsqueeze(-1)).pow(2).masked_fill(masked, 0.0).sum(-1)
+    spread = (sq / (k_eff - 1).clamp(min=1)).sqrt()
+    log_k = torch.log(k_eff)
+    entropy_norm = torch.where(k_eff > 1, entropy / log_k, torch.full_like(entropy, float("nan")))
+    return torch.stack([n_masked, spread, entropy, entropy_norm], dim=-1)
+
+
+def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
+    """[len(dists), 4] per-distribution means of the row statistics, computed in bulk per K."""
+    out = np.full((len(dists), 4), np.nan)
+    by_k: dict[tuple[int, torch.device], list[int]] = {}
+    for i, d in enumerate(dists):
+        if d.rows > 0:
+            by_k.setdefault((d.n_categories, d.logits.device), []).append(i)
+    for indices in by_k.values():
+        rows = np.array([dists[i].rows for i in indices])
+        stats = _row_stats(torch.cat([dists[i].logits for i in indices])).cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        out[indices] = np.add.reduceat(stats, starts, axis=0) / rows[:, None]
+    return out
+
+
+def _mean_grad(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    if not grads:
+        return None
+    return torch.stack([g.to(torch.float64).mean() for g in grads]).sum()
+
+
+def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
+    stats = _dist_stats(dists)
+    grad_entropy, no_grad = _scalars([_mean_grad(d.grad_entropy) for d in dists])
+    return {
+        "dist_id": [d.dist_id for d in dists],
+        "cycle": [d.cycle for d in dists],
+        "seq": [d.seq for d in dists],
+        "grad_enabled": [d.grad_enabled for d in dists],
+        "actor": [d.actor for d in dists],
+        "entry": [d.entry for d in dists],
+        "rows": [d.rows for d in dists],
+        "n_categories": [d.n_categories for d in dists],
+        "masked_mean": stats[:, 0],
+        "logit_spread": stats[:, 1],
+        "entropy": stats[:, 2],
+        "entropy_norm": stats[:, 3],
+        "logits_require_grad": [d.logits_require_grad for d in dists],
+        "input_mutated": [d.input_mutated for d in dists],
+        "grad_entropy": pa.array(grad_entropy, mask=no_grad, type=pa.float32()),
+    }
+
+
+def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if call.row_index is None else tensor[call.row_index]
+
+
+def sample_columns(calls: list[CallRecord]) -> dict[str, Any]:
+    counts = np.array([c.n for c in calls], dtype=np.int64)
+
+    def per_call(values: list[Any]) -> np.ndarray:
+        return np.repeat(np.array(values), counts)
+
+    fp_calls = [c for c in calls if c.dist.fingerprint is not None]
+    fingerprint = np.zeros(int(counts.sum()), dtype=np.int64)
+    has_fp = per_call([c.dist.fingerprint is not None for c in calls]) if calls else np.zeros(0, bool)
+    if fp_calls:
+        fingerprint[has_fp] = _host([_rows_of(c, c.dist.fingerprint) for c in fp_calls], torch.int64)
+
+    has_grad = per_call([bool(c.grads) for c in calls]) if calls else np.zeros(0, bool)
+    grad = np.zeros(int(counts.sum()), dtype=np.float32)
+    grad_calls = [c for c in calls if c.grads]
+    if grad_calls:
+        summed = [torch.stack(c.grads).sum(0) if len(c.grads) > 1 else c.grads[0] for c in grad_calls]
+        grad[has_grad] = _host(summed, torch.float32)
+
+    return {
+        "cycle": per_call([c.cycle for c in calls]),
+        "seq": per_call([c.seq for c in calls]),
+        "phase": per_call([c.phase for c in calls]),
+        "actor": per_call([c.dist.actor for c in calls]),
+        "dist_id": per_call([c.dist.dist_id for c in calls]),
+        "call_id": per_call([c.call_id for c in calls]),
+        "call_rows": per_call([c.n for c in calls]),
+        "fingerprint": pa.array(fingerprint, mask=~has_fp, type=pa.int64()),
+        "action": _host([c.action for c in calls], torch.int64),
+        "logp": _host([c.logp for c in calls], torch.float32),
+        "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
+        "logits": _logits_column(calls, counts),
+    }
+
+
+def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
+    kept = [c for c in calls if c.dist.keep_logits]
+    lengths = np.repeat([c.dist.n_categories if c.dist.keep_logits else 0 for c in calls], counts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = [_rows_of(c, c.dist.logits).reshape(-1) for c in kept]
+    values = pa.array(_host(flat, torch.float32), type=pa.float32())
+    null = np.repeat([not c.dist.keep_logits for c in calls], counts)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(null, type=pa.bool_()))
+
+
+def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Columns of the steps table and of the layers table."""
+    counts = np.array([len(s.names) for s in steps], dtype=np.int64)
+    grad, grad_missing = _scalars([v for s in steps for v in s.grad_norm])
+    nonzero, _ = _scalars([v for s in steps for v in s.grad_nonzero])
+    pnorm, _ = _scalars([v for s in steps for v in s.param_norm])
+    delta, delta_missing = _scalars([v for s in steps for v in s.delta_norm])
+    outside, outside_missing = _scalars([v for s in steps for v in s.outside_delta])
+    numel = np.array([n for s in steps for n in s.numels], dtype=np.int64)
+    step_of = np.repeat(np.arange(len(steps)), counts)
+
+    def per_step_norm(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        # global L2 norm per step over present entries (a NaN entry makes it NaN); none present: NaN
+        sq = np.bincount(step_of[~missing], weights=values[~missing] ** 2, minlength=len(steps))
+        present = np.bincount(step_of[~missing], minlength=len(steps))
+        return np.where(present > 0, np.sqrt(sq), np.nan)
+
+    def per_param(get: Any) -> list[Any]:
+        return [v for s in steps for v in get(s)]
+
+    def per_step(get: Any) -> np.ndarray:
+        return np.repeat(np.array([get(s) for s in steps]), counts)
+
+    step_table = {
+        "step": [s.step for s in steps],
+        "cycle": [s.cycle for s in steps],
+        "optimizer": [s.optimizer for s in steps],
+        "optimizer_class": [s.optimizer_class for s in steps],
+        "holds_actor": [s.holds_actor for s in steps],
+        "n_params": counts,
+        "lr": [_float(s.lrs[0]) if s.lrs else np.nan for s in steps],
+        "grad_norm": per_step_norm(grad, grad_missing),
+        "delta_norm": per_step_norm(delta, delta_missing),
+        "outside_delta_norm": per_step_norm(outside, outside_missing),
+        "wall_time": [s.wall_time for s in steps],
+    }
+    layer_table = {
+        "step": per_step(lambda s: s.step),
+        "cycle": per_step(lambda s: s.cycle),
+        "optimizer": per_step(lambda s: s.optimizer),
+        "name": per_param(lambda s: s.names),
+        "group": per_param(lambda s: s.groups),
+        "lr": [_float(v) for v in per_param(lambda s: s.lrs)],
+        "weight_decay": [_float(v) for v in per_param(lambda s: s.weight_decays)],
+        "numel": numel,
+        "requires_grad": per_param(lambda s: s.requires_grad),
+        "grad_is_none": per_param(lambda s: s.grad_is_none),
+        "grad_norm": pa.array(grad, mask=grad_missing, type=pa.float32()),
+        "grad_nonzero_frac": pa.array(
+            nonzero / np.maximum(numel, 1), mask=grad_missing, type=pa.float32()
+        ),
+        "param_norm": pnorm,
+        "delta_norm": pa.array(delta, mask=delta_missing, type=pa.float32()),
+        "outside_delta_norm": pa.array(outside, mask=outside_missing, type=pa.float32()),
+        "feeds_logits": per_param(lambda s: s.feeds_logits),
+    }
+    return step_table, layer_table

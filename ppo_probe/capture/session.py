@@ -1,0 +1,356 @@
+"""One watch's capture state: cycles, Categorical facts, steps, buffering and flushing."""
+
+from __future__ import annotations
+
+import traceback
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .entries import EntryTracker
+from .fingerprint import fingerprint_rows
+from .graph import graph_leaves
+from .records import CallRecord, DistRecord, Generation, StepRecord, dist_columns
+from .records import sample_columns, step_columns
+
+# When nothing has stepped for a long time (gradient accumulation without end), flush anyway at
+# this multiple of flush_rows: gradients arriving later for flushed rows are counted as lost.
+_HARD_CAP = 8
+
+
+@dataclass
+class Settings:
+    keep_logits_max_k: int = 64
+    flush_rows: int = 65_536
+    flush_logit_bytes: int = 64 * 2**20
+    strict: bool = False
+
+
+class ProbeFailures:
+    """Counts failures of the probe itself per place; keeps the first message of each."""
+
+    def __init__(self) -> None:
+        self.by_place: dict[str, dict[str, Any]] = {}
+
+    def add(self, place: str, exc: BaseException) -> bool:
+        """Record ``exc``; returns True the first time ``place`` fails."""
+        entry = self.by_place.get(place)
+        if entry is None:
+            self.by_place[place] = {
+                "count": 1,
+                "type": type(exc).__name__,
+                "message": str(exc)[:500],
+                "traceback": "".join(traceback.format_exception(exc))[-2000:],
+            }
+            return True
+        entry["count"] += 1
+        return False
+
+
+class Session:
+    """Receives hook events (never raising into the trainer) and hands batches to a writer."""
+
+    def __init__(self, settings: Settings, submit: Any, warn: Any) -> None:
+        self.settings = settings
+        self._submit = submit
+        self._warn = warn
+        self.failures = ProbeFailures()
+        self.entries = EntryTracker(self.fail)
+        # cycle state
+        self.cycle = 0
+        self.seq = 0  # optimizer steps taken so far, all watched optimizers
+        self.steps_in_cycle = 0
+        self.seen_sample = False
+        self._graph_walked_cycle = -1
+        # identities
+        self._dist_of: weakref.WeakKeyDictionary[Any, DistRecord] = weakref.WeakKeyDictionary()
+        self._names: dict[int, str] = {}
+        self._module_params: set[int] = set()
+        self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
+        self._auto_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._next_dist = 0
+        self._next_call = 0
+        # buffers
+        self._gen = Generation()
+        self._dists: list[DistRecord] = []
+        self._calls: list[CallRecord] = []
+        self._steps: list[StepRecord] = []
+        self._rows = 0
+        self._logit_bytes = 0
+        self._tensor_hooks: list[Any] = []
+        self.counts = {
+            "dists": 0,
+            "log_prob_calls": 0,
+            "rows": 0,
+            "steps": 0,
+            "unattributed_dists": 0,
+            "untracked_log_prob_calls": 0,
+            "late_gradients": 0,
+        }
+
+    # ---------------------------------------------------------------- failures
+
+    def fail(self, place: str, exc: BaseException) -> None:
+        if self.failures.add(place, exc):
+            self._warn(f"ppo_probe: the probe failed in {place} ({type(exc).__name__}: {exc}); "
+                       "training continues, the run records what is missing")
+        if self.settings.strict:
+            raise exc
+
+    # ---------------------------------------------------------------- identities
+
+    def name_params(self, actor: str, module: nn.Module, prefix: bool) -> None:
+        for name, p in module.named_parameters():
+            self._names.setdefault(id(p), f"{actor}.{name}" if prefix else name)
+            self._module_params.add(id(p))
+
+    def param_name(self, p: torch.Tensor) -> str:
+        name = self._names.get(id(p))
+        if name is None and self._auto_modules:
+            for module in list(self._auto_modules):
+                for sub, q in module.named_parameters():
+                    self._names.setdefault(id(q), f"{type(module).__name__}.{sub}")
+            name = self._names.get(id(p))
+        if name is None:
+            name = f"param{len(self._names)}[{'x'.join(map(str, p.shape))}]"
+            self._names[id(p)] = name
+        return name
+
+    def feeds_logits(self, p: torch.Tensor) -> bool:
+        return id(p) in self._logit_params
+
+    def holds_actor(self, params: Iterable[torch.Tensor]) -> bool:
+        actor = self._logit_params.keys() or self._module_params
+        if not actor:
+            return True  # nothing known yet: every step counts
+        return any(id(p) in actor for p in params)
+
+    def logit_params(self) -> list[tuple[torch.Tensor, str]]:
+        out = []
+        for ref, name in self._logit_params.values():
+            p = ref()
+            if p is not None:
+                out.append((p, name))
+        return out
+
+    # ---------------------------------------------------------------- Categorical events
+
+    def on_dist_init(self, dist: Any) -> None:
+        try:
+            self._record_dist(dist)
+        except Exception as exc:  # noqa: BLE001
+            self.fail("Categorical capture", exc)
+
+    def _record_dist(self, dist: Any) -> None:
+        grad = torch.is_grad_enabled()
+        state = dist.__dict__
+        param = state["_param"]
+        batch_shape = tuple(dist.batch_shape)
+        rows = int(torch.Size(batch_shape).numel())
+        k = int(dist._num_events)
+        with torch.no_grad():
+            logits = state.get("logits")
+            logits = (logits if logits is not None else torch.log(state["probs"])).detach()
+            logits = logits.reshape(rows, k)
+
+        previous = self._dist_of.get(dist)  # a subclass re-running __init__ (e.g. masking)
+        if previous is not None and previous.batch_shape == batch_shape:
+            actor, entry_name = previous.actor, previous.entry
+            fingerprint, mutated = previous.fingerprint, previous.input_mutated
+        else:
+            entry = self.entries.attribute(grad, torch.Size(batch_shape))
+            actor, entry_name, fingerprint, mutated = self._fingerprint(entry, rows)
+
+        if grad and param.requires_grad and self._graph_walked_cycle != self.cycle:
+            self._graph_walked_cycle = self.cycle
+            self._discover_actor(param)
+
+        record = DistRecord(
+            dist_id=self._next_dist,
+            cycle=self.cycle,
+            seq=self.seq,
+            grad_enabled=grad,
+            actor=actor,
+            entry=entry_name,
+            batch_shape=batch_shape,
+            rows=rows,
+            n_categories=k,
+            logits=logits,
+            keep_logits=k <= self.settings.keep_logits_max_k,
+            fingerprint=fingerprint,
+            logits_require_grad=bool(param.requires_grad),
+            input_mutated=mutated,
+            gen=self._gen,
+        )
+        self._next_dist += 1
+        self.counts["dists"] += 1
+        if entry_name is None:
+            self.counts["unattributed_dists"] += 1
+        self._dist_of[dist] = record
+        self._dists.append(record)
+        self._logit_bytes += logits.numel() * logits.element_size()
+
+    def _fingerprint(self, entry: Any, rows: int) -> tuple[str, str | None, Any, bool]:
+        if entry is None:
+            return "unattributed", None, None, False
+        if entry.tensor._version != entry.version:  # changed in place between forward and here
+            return entry.actor, entry.module, None, True
+        return entry.actor, entry.module, fingerprint_rows(entry.tensor, rows), False
+
+    def _discover_actor(self, logits_param: torch.Tensor) -> None:
+        for leaf in graph_leaves(logits_param):
+            if id(leaf) not in self._logit_params:
+                self._logit_params[id(leaf)] = (weakref.ref(leaf), self.param_name(leaf))
+
+    def on_sample(self, dist: Any) -> None:
+        try:
+            if torch.is_grad_enabled():
+                return
+            self.seen_sample = True
+            if self.steps_in_cycle > 0:
+                self._new_cycle()
+                record = self._dist_of.get(dist)
+                if record is not None:
+                    record.cycle, record.seq = self.cycle, self.seq
+        except Exception as exc:  # noqa: BLE001
+            self.fail("Categorical capture", exc)
+
+    def on_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
+        try:
+            self._record_log_prob(dist, value, result)
+        except Exception as exc:  # noqa: BLE001
+            self.fail("log_prob capture", exc)
+
+    def _record_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
+        record = self._dist_of.get(dist)
+        if record is None or not isinstance(value, torch.Tensor):
+            self.counts["untracked_log_prob_calls"] += 1
+            return
+        grad = torch.is_grad_enabled()
+        if grad:
+            phase = "update"
+        else:
+            if self.steps_in_cycle > 0 and not self.seen_sample:
+                self._new_cycle()  # trainers that never call sample(): log_prob marks the boundary
+            phase = "sampling" if self.steps_in_cycle == 0 else "eval"
+
+        shape = tuple(result.shape)
+        row_index = None
+        if shape != record.batch_shape:
+            index = torch.arange(record.rows, device=result.device).reshape(record.batch_shape)
+            row_index = torch.broadcast_to(index, shape).reshape(-1)
+        with torch.no_grad():
+            action = torch.broadcast_to(value.detach(), shape).reshape(-1).to(torch.int64, copy=True)
+            logp = result.detach().reshape(-1).to(torch.float32, copy=True)
+        n = logp.numel()
+        call = CallRecord(
+            call_id=self._next_call,
+            dist=record,
+            phase=phase,
+            cycle=self.cycle,
+            seq=self.seq,
+            row_index=row_index,
+            action=action,
+            logp=logp,
+            n=n,
+            gen=self._gen,
+        )
+        self._next_call += 1
+        self.counts["log_prob_calls"] += 1
+        self.counts["rows"] += n
+        self._calls.append(call)
+        self._rows += n
+        if grad and result.requires_grad:
+            self._add_tensor_hook(result, self._grad_hook(call.grads, call.gen))
+        if phase == "sampling":
+            self._maybe_flush(1)
+        else:
+            self._maybe_flush(_HARD_CAP)
+
+    def on_entropy(self, dist: Any, result: torch.Tensor) -> None:
+        try:
+            record = self._dist_of.get(dist)
+            if record is not None and torch.is_grad_enabled() and result.requires_grad:
+                self._add_tensor_hook(result, self._grad_hook(record.grad_entropy, record.gen))
+        except Exception as exc:  # noqa: BLE001
+            self.fail("entropy capture", exc)
+
+    def _add_tensor_hook(self, tensor: torch.Tensor, hook: Any) -> None:
+        # Handles are dropped at each new cycle; a run that never starts one keeps the newest.
+        if len(self._tensor_hooks) >= 100_000:
+            for handle in self._tensor_hooks[:50_000]:
+                handle.remove()
+            del self._tensor_hooks[:50_000]
+        self._tensor_hooks.append(tensor.register_hook(hook))
+
+    def _grad_hook(self, sink: list[torch.Tensor], gen: Generation) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            try:
+                if gen.flushed:
+                    self.counts["late_gradients"] += 1
+                    return
+                sink.append(grad.detach().reshape(-1).to(torch.float32, copy=True))
+            except Exception as exc:  # noqa: BLE001
+                self.fail("gradient hook", exc)
+
+        return hook
+
+    # ---------------------------------------------------------------- steps and cycles
+
+    def on_step_done(self, record: StepRecord) -> None:
+        self._steps.append(record)
+        self.seq += 1
+        self.steps_in_cycle += 1
+        self.counts["steps"] += 1
+        self._maybe_flush(1)
+
+    def _new_cycle(self) -> None:
+        self.cycle += 1
+        self.steps_in_cycle = 0
+        # Gradients for the previous cycle's log-probs can no longer arrive usefully.
+        for handle in self._tensor_hooks:
+            handle.remove()
+        self._tensor_hooks.clear()
+
+    # ---------------------------------------------------------------- flushing
+
+    def _maybe_flush(self, multiple: int) -> None:
+        s = self.settings
+        if self._rows >= multiple * s.flush_rows or self._logit_bytes >= multiple * s.flush_logit_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand everything buffered to the writer thread; the training thread only swaps lists."""
+        calls, dists, steps = self._calls, self._dists, self._steps
+        if not (calls or dists or steps):
+            return
+        self._gen.flushed = True
+        self._gen = Generation()
+        self._calls, self._dists, self._steps = [], [], []
+        self._rows = 0
+        self._logit_bytes = 0
+
+        def produce() -> dict[str, dict[str, Any]]:
+            step_table, layer_table = step_columns(steps)
+            return {
+                "samples": sample_columns(calls),
+                "dists": dist_columns(dists),
+                "steps": step_table,
+                "layers": layer_table,
+            }
+
+        self._submit(produce)
+
+    def close(self) -> None:
+        """Remove tensor hooks, flush what is left and drop references to user tensors."""
+        for handle in self._tensor_hooks:
+            handle.remove()
+        self._tensor_hooks.clear()
+        try:
+            self.flush()
+        finally:
+            self.entries.forget()

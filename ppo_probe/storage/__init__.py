@@ -1,0 +1,1 @@
+"""Storage room: Arrow schemas and the Parquet reader and writer. No torch, no pandas."""

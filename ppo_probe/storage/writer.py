@@ -1,0 +1,108 @@
+"""Background Parquet writer: complete part files only (write to a hidden temp name, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA_VERSION, TABLES
+
+#: A batch producer runs on the writer thread and returns ``{table: {column: array}}``.
+BatchProducer = Callable[[], Mapping[str, Mapping[str, Any]]]
+
+_STOP = object()
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """Writes the tables of one rank of a run directory from a background thread.
+
+    ``submit`` takes a callable rather than data, so that the costly part of a flush (concatenating
+    tensors, copying them to the host, building Arrow tables) happens off the training thread.
+    Errors never propagate to the caller: they go to ``on_error`` and the writer keeps going.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        rank: int,
+        on_error: Callable[[str, BaseException], None],
+        max_pending: int = 8,
+    ) -> None:
+        self.root = root
+        self.rank = rank
+        self._on_error = on_error
+        self._parts: dict[str, int] = {name: 0 for name in TABLES}
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._run, name="ppo_probe-writer", daemon=True)
+        self.rows_written: dict[str, int] = {name: 0 for name in TABLES}
+        self.bytes_written: dict[str, int] = {name: 0 for name in TABLES}
+        self._thread.start()
+
+    def submit(self, produce: BatchProducer) -> None:
+        """Queue a batch; blocks only when ``max_pending`` batches are already waiting."""
+        if not self._thread.is_alive():
+            self._on_error("writer", RuntimeError("writer thread is not running; batch dropped"))
+            return
+        self._queue.put(produce)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                for table, columns in item().items():
+                    self._write_part(table, columns)
+            except Exception as exc:  # noqa: BLE001 - a failed batch must not stop later ones
+                self._on_error("writer", exc)
+
+    def _write_part(self, table: str, columns: Mapping[str, Any]) -> None:
+        schema = TABLES[table]
+        arrays = [_to_arrow(columns[f.name], f.type) for f in schema]
+        data = pa.Table.from_arrays(arrays, schema=schema)
+        if data.num_rows == 0:
+            return
+        folder = self.root / table / f"rank={self.rank}"
+        folder.mkdir(parents=True, exist_ok=True)
+        index = self._parts[table]
+        final = folder / f"part-{index:05d}.parquet"
+        tmp = folder / f".part-{index:05d}.parquet.tmp"
+        pq.write_table(data, tmp, compression="zstd")
+        os.replace(tmp, final)
+        self._parts[table] = index + 1
+        self.rows_written[table] += data.num_rows
+        self.bytes_written[table] += final.stat().st_size
+
+
+def _to_arrow(column: Any, type_: pa.DataType) -> pa.Array:
+    # NaN stays NaN (a NaN gradient is a finding); nullness comes only from explicit masks.
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return column.cast(type_) if column.type != type_ else column
+    return pa.array(column, type=type_)
+
+
+def base_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields every meta.json starts with."""
+    return {"format": "ppo_probe-run", "schema_version": SCHEMA_VERSION, "settings": dict(settings)}

@@ -1,0 +1,368 @@
+"""``watch``: the context manager that attaches the probe to an unchanged training loop."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .capture import categorical
+from .capture.handles import Handle
+from .capture.optim import StepRecorder
+from .capture.session import Session, Settings
+from .storage.schema import TABLES
+from .storage.writer import RunWriter, base_meta, write_json_atomic
+
+Actor = nn.Module | Mapping[str, nn.Module] | None
+Optim = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
+
+
+def default_out() -> Path:
+    """``$PPO_PROBE_DIR/<timestamp>``, or ``./ppo_probe_runs/<timestamp>`` when it is unset."""
+    parent = Path(os.environ.get("PPO_PROBE_DIR") or "ppo_probe_runs")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{time.time_ns() % 1_000_000:06d}"
+    return parent / stamp
+
+
+def _actors(actor: Actor) -> dict[str, nn.Module]:
+    if actor is None:
+        return {}
+    if isinstance(actor, nn.Module):
+        return {"actor": actor}
+    if isinstance(actor, Mapping):
+        bad = {k: type(v).__name__ for k, v in actor.items() if not isinstance(v, nn.Module)}
+        if bad or not actor or not all(isinstance(k, str) for k in actor):
+            raise TypeError(
+                "watch(actor=...) takes a dict of str -> torch.nn.Module; "
+                f"got non-module values {bad}" if bad else "watch(actor=...) got an empty dict or "
+                "non-string keys; pass {'agent_0': module, ...}"
+            )
+        return dict(actor)
+    raise TypeError(
+        f"watch(actor=...) takes a torch.nn.Module, a dict of name -> Module, or None; "
+        f"got {type(actor).__name__}"
+    )
+
+
+def _optimizers(optim: Optim) -> list[torch.optim.Optimizer]:
+    if optim is None:
+        return []
+    if isinstance(optim, torch.optim.Optimizer):
+        return [optim]
+    if isinstance(optim, Sequence) and optim and all(
+        isinstance(o, torch.optim.Optimizer) for o in optim
+    ):
+        return list(optim)
+    raise TypeError(
+        "watch(optim=...) takes a torch.optim.Optimizer, a non-empty list of them, or None; "
+        f"got {type(optim).__name__}"
+    )
+
+
+def _rank() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Watch:
+    """Attaches the probe on ``__enter__`` and removes every hook and patch on ``__exit__``.
+
+    Args:
+        actor: the policy module, a dict of name -> module for several actors (multi-agent), or
+            None to watch every Categorical and discover the actor from the logits' graph.
+        optim: the optimizer, a list of optimizers, or None to watch every optimizer that steps.
+        out: run directory; default ``$PPO_PROBE_DIR/<timestamp>`` or
+            ``./ppo_probe_runs/<timestamp>``.
+        keep_logits_max_k: keep the full normalized logits of each row (for exact KL) when the
+            number of categories is at most this; 0 disables.
+        flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
+        overwrite: allow ``out`` to hold an earlier run; its tables are deleted first.
+        strict: re-raise failures of the probe itself instead of counting them (for tests).
+    """
+
+    def __init__(
+        self,
+        actor: Actor = None,
+        optim: Optim = None,
+        *,
+        out: str | os.PathLike[str] | None = None,
+        keep_logits_max_k: int = 64,
+        flush_rows: int = 65_536,
+        overwrite: bool = False,
+        strict: bool = False,
+    ) -> None:
+        self.actors = _actors(actor)
+        self.optimizers = _optimizers(optim)
+        if flush_rows < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
+        if keep_logits_max_k < 0:
+            raise ValueError(f"keep_logits_max_k must be >= 0, got {keep_logits_max_k}")
+        self.path = Path(out) if out is not None else default_out()
+        self.settings = Settings(
+            keep_logits_max_k=keep_logits_max_k, flush_rows=flush_rows, strict=strict
+        )
+        self.overwrite = overwrite
+        self.session: Session | None = None
+        self._stack: ExitStack | None = None
+        self._writer: RunWriter | None = None
+        self._used = False
+        self._meta: dict[str, Any] = {}
+        self._body_raised = False
+
+    # ---------------------------------------------------------------- entering
+
+    def __enter__(self) -> Watch:
+        if self._used:
+            raise RuntimeError("a Watch can be entered once; call ppo_probe.watch(...) again")
+        self._used = True
+        self._prepare_dir()
+        rank, world = _rank()
+        stack = ExitStack()
+        try:
+            writer = RunWriter(self.path, rank, self._writer_failed)
+            self._writer = writer
+            session = Session(self.settings, writer.submit, _warn)
+            self.session = session
+            self._meta = self._start_meta(rank, world)
+            write_json_atomic(self.path / "meta.json", self._meta)
+            stack.callback(self._finish)  # runs last: flush, join the writer, final meta.json
+            stack.enter_context(categorical.attach(session))
+            self._attach_modules(stack, session)
+            self._attach_optimizers(stack, session)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def _prepare_dir(self) -> None:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"ppo_probe: run directory {path} exists and is not a directory")
+        if (path / "meta.json").exists():
+            if not self.overwrite:
+                raise FileExistsError(
+                    f"ppo_probe: {path} already holds a run; pass overwrite=True or another out="
+                )
+            for table in TABLES:
+                shutil.rmtree(path / table, ignore_errors=True)
+            (path / "meta.json").unlink()
+        path.mkdir(parents=True, exist_ok=True)
+
+    def _attach_modules(self, stack: ExitStack, session: Session) -> None:
+        tracker = session.entries
+        if not self.actors:
+            pre, post = tracker.global_hooks()
+            stack.enter_context(torch.nn.modules.module.register_module_forward_pre_hook(pre))
+            stack.enter_context(
+                torch.nn.modules.module.register_module_forward_hook(post, always_call=True)
+            )
+            return
+        for key, root in self.actors.items():
+            session.name_params(key, root, prefix=len(self.actors) > 1)
+            # The root and its direct children are where trainers enter a policy from outside
+            # (SB3 calls features_extractor, mlp_extractor, action_net; CleanRL agent.actor).
+            for name, module in [("", root), *root.named_children()]:
+                pre, post = tracker.hooks_for(key, module, name or type(root).__name__)
+                stack.enter_context(module.register_forward_pre_hook(pre, with_kwargs=True))
+                stack.enter_context(module.register_forward_hook(post, always_call=True))
+
+    def _attach_optimizers(self, stack: ExitStack, session: Session) -> None:
+        recorder = StepRecorder(session)
+        self._recorder = recorder
+        stack.callback(recorder.clear)
+        pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
+        post = _guarded(session, "optimizer post-step hook", recorder.post)
+        if not self.optimizers:
+            optim_mod = torch.optim.optimizer
+            stack.enter_context(optim_mod.register_optimizer_step_pre_hook(pre))
+            stack.enter_context(optim_mod.register_optimizer_step_post_hook(post))
+            return
+        for optimizer in self.optimizers:
+            recorder.index_of(optimizer)
+            stack.enter_context(optimizer.register_step_pre_hook(pre))
+            stack.enter_context(optimizer.register_step_post_hook(post))
+
+    # ---------------------------------------------------------------- leaving
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._meta["status"] = "complete" if exc_type is None else f"interrupted: {exc_type.__name__}"
+        self._body_raised = exc_type is not None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _finish(self) -> None:
+        session, writer = self.session, self._writer
+        if session is None or writer is None:
+            return
+        try:
+            session.close()
+        except Exception as exc:  # noqa: BLE001
+            session.failures.add("flush", exc)
+        writer.close()
+        self._meta.update(self._end_meta(session, writer))
+        try:
+            write_json_atomic(self.path / "meta.json", self._meta)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not raise into the trainer
+            _warn(f"ppo_probe: could not write {self.path / 'meta.json'}: {exc}")
+        if self.settings.strict and session.failures.by_place and not self._body_raised:
+            place, info = next(iter(session.failures.by_place.items()))
+            raise RuntimeError(f"ppo_probe failed in {place}: {info['type']}: {info['message']}")
+
+    def _writer_failed(self, place: str, exc: BaseException) -> None:
+        if self.session is not None:
+            self.session.failures.add(place, exc)
+            if self.session.failures.by_place[place]["count"] == 1:
+                _warn(f"ppo_probe: the writer failed ({type(exc).__name__}: {exc}); "
+                      "training continues, some records are not on disk")
+
+    # ---------------------------------------------------------------- meta.json
+
+    def _start_meta(self, rank: int, world: int) -> dict[str, Any]:
+        meta = base_meta(
+            {
+                "keep_logits_max_k": self.settings.keep_logits_max_k,
+                "flush_rows": self.settings.flush_rows,
+                "mode": "explicit" if self.actors else "auto",
+                "optimizers_given": bool(self.optimizers),
+            }
+        )
+        meta.update(
+            {
+                "status": "running",
+                "created": time.time(),
+                "ppo_probe_version": __version__,
+                "torch_version": torch.__version__,
+                "python_version": platform.python_version(),
+                "rank": rank,
+                "world_size": world,
+                "actors": {k: type(m).__name__ for k, m in self.actors.items()} or {"auto": None},
+                "argv": list(sys.argv),
+            }
+        )
+        return meta
+
+    def _end_meta(self, session: Session, writer: RunWriter) -> dict[str, Any]:
+        optimizers = []
+        in_optimizer: dict[int, tuple[int, int, Any]] = {}
+        for index, ref in enumerate(self._recorder.optimizers):
+            opt = ref()
+            if opt is None:
+                continue
+            optimizers.append(
+                {"index": index, "class": type(opt).__name__, "defaults": _jsonable(opt.defaults)}
+            )
+            for g, group in enumerate(opt.param_groups):
+                for p in group["params"]:
+                    in_optimizer.setdefault(id(p), (index, g, group.get("lr")))
+        actor_params = []
+        seen: set[int] = set()
+        candidates = [(p, name) for p, name in session.logit_params()]
+        for key, module in self.actors.items():
+            for name, p in module.named_parameters():
+                candidates.append((p, session.param_name(p)))
+        for p, name in candidates:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            placed = in_optimizer.get(id(p))
+            actor_params.append(
+                {
+                    "name": name,
+                    "shape": list(p.shape),
+                    "numel": p.numel(),
+                    "requires_grad": p.requires_grad,
+                    "feeds_logits": session.feeds_logits(p),
+                    "in_optimizer": placed is not None,
+                    "optimizer": placed[0] if placed else None,
+                    "group": placed[1] if placed else None,
+                    "lr": _jsonable(placed[2]) if placed else None,
+                }
+            )
+        return {
+            "finished": time.time(),
+            "optimizers": optimizers,
+            "actor_params": actor_params,
+            "counts": dict(session.counts),
+            "cycles": session.cycle + 1 if session.counts["dists"] else 0,
+            "rows_written": dict(writer.rows_written),
+            "bytes_written": dict(writer.bytes_written),
+            "probe_errors": session.failures.by_place,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _guarded(session: Session, place: str, fn: Any) -> Any:
+    def hook(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            session.fail(place, exc)
+
+    return hook
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def watch(
+    actor: Actor = None,
+    optim: Optim = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    keep_logits_max_k: int = 64,
+    flush_rows: int = 65_536,
+    overwrite: bool = False,
+    strict: bool = False,
+) -> Watch:
+    """Watch an unchanged PPO training loop. See :class:`Watch` for the arguments.
+
+    Example:
+        >>> with ppo_probe.watch(agent, optimizer, out="runs/probe") as w:  # doctest: +SKIP
+        ...     train()
+        >>> ppo_probe.analyze(w.path)  # doctest: +SKIP
+    """
+    return Watch(
+        actor,
+        optim,
+        out=out,
+        keep_logits_max_k=keep_logits_max_k,
+        flush_rows=flush_rows,
+        overwrite=overwrite,
+        strict=strict,
+    )
+
+
+__all__ = ["Watch", "watch", "default_out", "Handle"]
