@@ -15,6 +15,8 @@ from types import TracebackType
 from typing import Any
 
 import torch
+import torch.nn.modules.module as module_hooks
+import torch.optim.optimizer as optimizer_hooks
 from torch import nn
 
 from . import __version__
@@ -167,10 +169,8 @@ class Watch:
         tracker = session.entries
         if not self.actors:
             pre, post = tracker.global_hooks()
-            stack.enter_context(torch.nn.modules.module.register_module_forward_pre_hook(pre))
-            stack.enter_context(
-                torch.nn.modules.module.register_module_forward_hook(post, always_call=True)
-            )
+            stack.enter_context(module_hooks.register_module_forward_pre_hook(pre))
+            stack.enter_context(module_hooks.register_module_forward_hook(post, always_call=True))
             return
         for key, root in self.actors.items():
             session.name_params(key, root, prefix=len(self.actors) > 1)
@@ -188,9 +188,8 @@ class Watch:
         pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
         post = _guarded(session, "optimizer post-step hook", recorder.post)
         if not self.optimizers:
-            optim_mod = torch.optim.optimizer
-            stack.enter_context(optim_mod.register_optimizer_step_pre_hook(pre))
-            stack.enter_context(optim_mod.register_optimizer_step_post_hook(post))
+            stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
+            stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(post))
             return
         for optimizer in self.optimizers:
             recorder.index_of(optimizer)

@@ -100,6 +100,8 @@ def _to_arrow(column: Any, type_: pa.DataType) -> pa.Array:
     # NaN stays NaN (a NaN gradient is a finding); nullness comes only from explicit masks.
     if isinstance(column, (pa.Array, pa.ChunkedArray)):
         return column.cast(type_) if column.type != type_ else column
+    if len(column) == 0:  # an empty NumPy array is float64 whatever the column holds
+        return pa.array([], type=type_)
     return pa.array(column, type=type_)
 
 

@@ -1,0 +1,148 @@
+"""DESIGN section 6 invariants: never break training, leave no trace, no observer effect."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.modules.module as module_hooks
+import torch.optim.optimizer as optimizer_hooks
+from torch.distributions import Categorical
+
+import ppo_probe
+from ppo_probe.capture import session as session_module
+from trainers import BanditConfig, make_actor, train_bandit
+
+_ORIGINALS = {name: Categorical.__dict__[name] for name in ("__init__", "sample", "log_prob", "entropy")}
+
+
+def _assert_no_trace(modules, optimizer):
+    for name, original in _ORIGINALS.items():
+        assert Categorical.__dict__[name] is original, name
+    for module in modules:
+        for sub in module.modules():
+            assert not sub._forward_pre_hooks and not sub._forward_hooks
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+    assert not module_hooks._global_forward_pre_hooks and not module_hooks._global_forward_hooks
+    assert not optimizer_hooks._global_optimizer_pre_hooks
+    assert not optimizer_hooks._global_optimizer_post_hooks
+
+
+def _bandit(seed=0, **kw):
+    """A fresh actor and optimizer; the global RNG (which sample() draws from) is re-seeded."""
+    cfg = BanditConfig(seed=seed, **kw)
+    torch.manual_seed(seed)
+    actor = make_actor(cfg)
+    return cfg, actor, torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("ending", ["normal", "exception", "keyboard_interrupt"])
+def test_every_hook_and_patch_is_removed(tmp_path, explicit, ending):
+    cfg, actor, optim = _bandit()
+    raised = {"normal": None, "exception": ValueError, "keyboard_interrupt": KeyboardInterrupt}[ending]
+
+    class _Stop:
+        calls = 0
+
+    def stopping_step(*args):
+        _Stop.calls += 1
+        if raised is not None and _Stop.calls == 6:  # five steps completed, the sixth raises
+            raise raised("stop")
+
+    optim.register_step_pre_hook(lambda *a: stopping_step())  # the trainer's own hook
+    hooks_before = dict(optim._optimizer_step_pre_hooks)
+    watched = (actor, optim) if explicit else (None, None)
+    if raised is None:
+        with ppo_probe.watch(*watched, out=tmp_path / "run") as w:
+            train_bandit(cfg, {"a": actor}, optim)
+    else:
+        with pytest.raises(raised):
+            with ppo_probe.watch(*watched, out=tmp_path / "run") as w:
+                train_bandit(cfg, {"a": actor}, optim)
+    assert dict(optim._optimizer_step_pre_hooks) == hooks_before
+    optim._optimizer_step_pre_hooks.clear()
+    _assert_no_trace([actor], optim)
+    run = ppo_probe.load(w.path)
+    assert run.meta["status"] == ("complete" if raised is None else f"interrupted: {raised.__name__}")
+    assert run.meta["counts"]["steps"] == (cfg.cycles * cfg.epochs * 4 if raised is None else 5)
+    assert len(run.steps) == run.meta["counts"]["steps"]  # everything flushed on every exit path
+
+
+def test_nested_and_repeated_watches(tmp_path):
+    cfg, actor, optim = _bandit()
+    with ppo_probe.watch(actor, optim, out=tmp_path / "outer", strict=True) as outer:
+        with ppo_probe.watch(actor, optim, out=tmp_path / "inner", strict=True) as inner:
+            train_bandit(cfg, {"a": actor}, optim)
+        # the inner watch left; the outer one still sees Categorical
+        assert Categorical.__dict__["log_prob"] is not _ORIGINALS["log_prob"]
+    _assert_no_trace([actor], optim)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "again", strict=True) as again:
+        train_bandit(cfg, {"a": actor}, optim)
+    _assert_no_trace([actor], optim)
+    for path in (outer.path, inner.path, again.path):
+        pairs = ppo_probe.load(path).pairs
+        assert len(pairs) == cfg.cycles * cfg.epochs * cfg.batch
+        assert pairs["paired"].all()
+
+
+def test_a_watch_object_is_entered_once(tmp_path):
+    w = ppo_probe.watch(out=tmp_path / "run")
+    with w:
+        pass
+    with pytest.raises(RuntimeError, match="entered once"):
+        with w:
+            pass
+
+
+def test_failing_probe_never_reaches_the_trainer(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fingerprint failure")
+
+    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    cfg, reference, reference_optim = _bandit()
+    train_bandit(cfg, {"a": reference}, reference_optim)
+    cfg, actor, optim = _bandit()
+    with pytest.warns(RuntimeWarning, match="injected fingerprint failure") as caught:
+        with ppo_probe.watch(actor, optim, out=tmp_path / "run") as w:
+            train_bandit(cfg, {"a": actor}, optim)
+    assert len([c for c in caught if "injected" in str(c.message)]) == 1  # reported once
+    for p, q in zip(actor.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    errors = ppo_probe.load(w.path).meta["probe_errors"]
+    assert errors["Categorical capture"]["count"] == cfg.cycles * (1 + cfg.epochs * 4)
+    assert "injected fingerprint failure" in errors["Categorical capture"]["message"]
+
+
+def test_strict_reraises_probe_failures(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fingerprint failure")
+
+    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    cfg, actor, optim = _bandit()
+    with pytest.raises(RuntimeError, match="injected fingerprint failure"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True):
+                train_bandit(cfg, {"a": actor}, optim)
+    _assert_no_trace([actor], optim)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_watched_run_is_bit_identical(cartpole, tmp_path, explicit):
+    def trained(watched: bool):
+        cfg = cartpole.Config(seed=3, total_timesteps=1024)
+        envs, agent, optimizer = cartpole.build(cfg)
+        if watched:
+            args = (agent, optimizer) if explicit else (None, None)
+            with ppo_probe.watch(*args, out=tmp_path / f"run{explicit}", strict=True):
+                cartpole.train(cfg, envs, agent, optimizer)
+        else:
+            cartpole.train(cfg, envs, agent, optimizer)
+        return [p.detach().clone() for p in agent.parameters()], torch.get_rng_state()
+
+    plain_params, plain_rng = trained(False)
+    watched_params, watched_rng = trained(True)
+    assert all(torch.equal(p, q) for p, q in zip(plain_params, watched_params))
+    assert torch.equal(plain_rng, watched_rng)  # the probe drew nothing from torch's RNG

@@ -1,0 +1,68 @@
+"""Stable-Baselines3 PPO, unchanged, watched via model.policy: its own logs are the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ppo_probe
+
+sb3 = pytest.importorskip("stable_baselines3")
+from stable_baselines3.common.logger import KVWriter, Logger  # noqa: E402
+
+
+class _Capture(KVWriter):
+    """An SB3 logger output format that keeps every dump holding the train/ metrics."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        if "train/approx_kl" in key_values:
+            self.dumps.append(dict(key_values))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sb3_run(tmp_path_factory):
+    # lr high enough that clipping happens, so the clip-fraction comparison is not 0 == 0
+    model = sb3.PPO(
+        "MlpPolicy", "CartPole-v1", n_steps=256, batch_size=64, n_epochs=6,
+        learning_rate=3e-3, seed=0, device="cpu", verbose=0,
+    )  # fmt: skip
+    capture = _Capture()
+    model.set_logger(Logger(folder=None, output_formats=[capture]))
+    out = tmp_path_factory.mktemp("sb3") / "run"
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, strict=True) as w:
+        model.learn(total_timesteps=256 * 6)
+    return ppo_probe.analyze(w.path), capture.dumps
+
+
+def test_sb3_pairs_every_update_row(sb3_run):
+    report, _ = sb3_run
+    pairs = report.run.pairs
+    assert len(pairs) == 6 * 6 * 256
+    assert pairs["paired"].mean() >= 0.99
+    assert report.run.meta["counts"]["unattributed_dists"] == 0
+
+
+def test_sb3_logged_kl_and_clip_fraction_match(sb3_run):
+    report, dumps = sb3_run
+    # SB3 dumps train/ metrics of iteration i at the start of iteration i + 1: the last is never dumped
+    assert len(dumps) == 5
+    cycles = report.per_cycle.iloc[: len(dumps)]
+    logged_kl = np.array([d["train/approx_kl"] for d in dumps], dtype=np.float64)
+    logged_clip = np.array([d["train/clip_fraction"] for d in dumps], dtype=np.float64)
+    assert logged_clip.max() > 0.01, "the comparison needs clipping to happen"
+    np.testing.assert_allclose(cycles["kl_k3"], logged_kl, rtol=1e-4)
+    np.testing.assert_allclose(cycles["clip_fraction"], logged_clip, rtol=0, atol=1e-6)
+
+
+def test_sb3_first_step_of_each_cycle_has_ratio_one(sb3_run):
+    report, _ = sb3_run
+    pairs = report.run.pairs
+    first = pairs["step"] == pairs.groupby("cycle")["step"].transform("min")
+    assert first.sum() == 6 * 64
+    assert pairs.loc[first, "log_ratio"].abs().max() < 1e-6

@@ -1,0 +1,69 @@
+"""Small real PPO trainers for tests: a contextual bandit solved by clipped PPO, one or more actors.
+
+The task is synthetic (observations drawn from a seeded generator, reward for matching the argmax
+of a fixed projection) so that no environment package is needed, but the loop is real PPO:
+sampling under no_grad, advantage normalization per minibatch, several epochs of shuffled
+minibatches, clipped surrogate, optimizer steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+
+@dataclass
+class BanditConfig:
+    seed: int = 0
+    obs_dim: int = 6
+    n_actions: int = 4
+    batch: int = 256
+    minibatch: int = 64
+    epochs: int = 3
+    cycles: int = 4
+    lr: float = 3e-3
+    clip: float = 0.2
+    # in-place mutation of the obs buffer between the actor call and the Categorical
+    mutate_before_dist: bool = False
+
+
+def make_actor(cfg: BanditConfig) -> nn.Module:
+    return nn.Sequential(nn.Linear(cfg.obs_dim, 32), nn.Tanh(), nn.Linear(32, cfg.n_actions))
+
+
+def train_bandit(cfg: BanditConfig, actors: dict[str, nn.Module], optim: torch.optim.Optimizer) -> None:
+    """PPO on the bandit. With several actors each agent sees the same observations (so only the
+    actor tells their rows apart) and acts from its own policy."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    target = torch.randn(cfg.obs_dim, cfg.n_actions, generator=gen)
+    for _ in range(cfg.cycles):
+        obs = torch.randn(cfg.batch, cfg.obs_dim, generator=gen)
+        best = (obs @ target).argmax(-1)
+        rollout = {}
+        with torch.no_grad():
+            for name, actor in actors.items():
+                logits = actor(obs)
+                if cfg.mutate_before_dist:
+                    obs.add_(0.0)  # an in-place write (no value change) bumps the version counter
+                dist = Categorical(logits=logits)
+                action = dist.sample()
+                rollout[name] = (action, dist.log_prob(action), (action == best).float())
+        for _epoch in range(cfg.epochs):
+            perm = torch.randperm(cfg.batch, generator=gen)
+            for start in range(0, cfg.batch, cfg.minibatch):
+                idx = perm[start : start + cfg.minibatch]
+                loss = torch.zeros(())
+                for name, actor in actors.items():
+                    action, old_logp, reward = rollout[name]
+                    adv = reward[idx]
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    new_logp = Categorical(logits=actor(obs[idx])).log_prob(action[idx])
+                    ratio = (new_logp - old_logp[idx]).exp()
+                    surrogate = torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
+                    loss = loss - surrogate.mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
