@@ -1,0 +1,123 @@
+"""Attribution and pairing rules of DESIGN section 2 on trainers shaped to stress them."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Categorical
+
+import ppo_probe
+from trainers import BanditConfig, make_actor, train_bandit
+
+
+def test_dict_of_actors_pairs_each_agent_with_its_own_samples(tmp_path):
+    cfg = BanditConfig(seed=4)
+    torch.manual_seed(4)
+    actors = {"agent_0": make_actor(cfg), "agent_1": make_actor(cfg)}
+    params = [p for a in actors.values() for p in a.parameters()]
+    optim = torch.optim.Adam(params, lr=cfg.lr)
+    with ppo_probe.watch(actors, optim, out=tmp_path / "run", strict=True) as w:
+        train_bandit(cfg, actors, optim)
+    report = ppo_probe.analyze(w.path)
+    pairs = report.run.pairs
+    # both agents see identical observations and often pick the same action: only the actor key
+    # keeps their rows apart, and a mix-up would show as ratio != 1 on the first step
+    assert set(pairs["actor"]) == {"agent_0", "agent_1"}
+    assert len(pairs) == 2 * cfg.cycles * cfg.epochs * cfg.batch
+    assert pairs["paired"].all()
+    assert report.per_cycle["first_step_max_abs_log_ratio"].max() < 1e-6
+    names = set(report.run.layers["name"])
+    assert {"agent_0.0.weight", "agent_1.2.bias"} <= names
+
+
+def test_input_changed_in_place_before_the_distribution_is_not_mispaired(tmp_path):
+    cfg = BanditConfig(seed=5, mutate_before_dist=True)
+    torch.manual_seed(5)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    run = ppo_probe.load(w.path)
+    sampling = run.dists[~run.dists["grad_enabled"]]
+    assert sampling["input_mutated"].all()  # detected through the version counter
+    samples = run.samples
+    assert samples.loc[samples["phase"] == "sampling", "fingerprint"].isna().all()
+    # the update rows exist, are kept, and are counted as unpaired instead of guessed
+    assert len(run.pairs) == cfg.cycles * cfg.epochs * cfg.batch
+    assert not run.pairs["paired"].any()
+
+
+def test_buffer_reused_after_the_call_still_pairs(tmp_path):
+    """The fingerprint is taken when the Categorical is built, so a trainer that overwrites its
+    observation buffer in place for the next step (a common pattern) pairs normally."""
+    torch.manual_seed(6)
+    actor = torch.nn.Linear(3, 4)
+    optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+    obs_buffer = torch.zeros(8, 3)
+    stored_obs, stored_actions, stored_logp = [], [], []
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        for t in range(4):
+            obs_buffer.copy_(torch.full((8, 3), float(t)) + torch.arange(8.0)[:, None])
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs_buffer))
+                action = dist.sample()
+                stored_logp.append(dist.log_prob(action))
+            stored_obs.append(obs_buffer.clone())
+            stored_actions.append(action)
+        obs, actions, old = torch.cat(stored_obs), torch.cat(stored_actions), torch.cat(stored_logp)
+        new = Categorical(logits=actor(obs)).log_prob(actions)
+        loss = -(torch.exp(new - old) * torch.ones_like(new)).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    pairs = ppo_probe.load(w.path).pairs
+    assert len(pairs) == 32 and pairs["paired"].all()
+    assert pairs["log_ratio"].abs().max() < 1e-6
+    # dLoss/dlogp = -r / B for this loss: adv_eff recovers the advantage 1
+    assert (pairs["adv_eff"] - 1.0).abs().max() < 1e-5
+
+
+def test_multi_dimensional_batches_flatten_to_rows(tmp_path):
+    torch.manual_seed(7)
+    actor = torch.nn.Linear(5, 3)
+    optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+    obs = torch.randn(4, 6, 5)  # [B, T, obs]
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        with torch.no_grad():
+            dist = Categorical(logits=actor(obs))  # batch shape [4, 6]
+            action = dist.sample()
+            old = dist.log_prob(action)
+        new = Categorical(logits=actor(obs)).log_prob(action)
+        (-(new - old).exp().mean()).backward()
+        optim.step()
+    run = ppo_probe.load(w.path)
+    assert len(run.pairs) == 24 and run.pairs["paired"].all()
+    assert (run.pairs["call_rows"] == 24).all()
+    assert run.dists["rows"].tolist() == [24, 24]
+
+
+def test_probs_built_distribution_and_kept_logits(tmp_path):
+    torch.manual_seed(8)
+    actor = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Softmax(-1))
+    optim = torch.optim.SGD(actor.parameters(), lr=0.5)
+    obs = torch.randn(16, 4)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        with torch.no_grad():
+            dist = Categorical(probs=actor(obs))
+            action = dist.sample()
+            old = dist.log_prob(action)
+        for _ in range(2):
+            policy_now = actor(obs).detach()
+            new = Categorical(probs=actor(obs)).log_prob(action)
+            optim.zero_grad()
+            (-(new - old).exp().mean()).backward()
+            optim.step()
+    run = ppo_probe.load(w.path)
+    assert run.pairs["paired"].all() and len(run.pairs) == 32
+    second = run.pairs[run.pairs["epoch"] == 1]
+    # rows of the second step were computed by the policy after one step (policy_now)
+    torch_kl = torch.distributions.kl_divergence(
+        Categorical(probs=dist.probs), Categorical(probs=policy_now)
+    )
+    assert float(torch_kl.mean()) > 1e-3
+    assert torch.allclose(torch.tensor(second["kl_exact"].to_numpy()), torch_kl.double(), rtol=1e-4, atol=1e-7)
+    assert (run.dists["entropy_norm"] > 0).all() and (run.dists["n_categories"] == 5).all()

@@ -1,0 +1,142 @@
+"""The run directory: format on disk, crash safety, and clear errors for every bad path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+import ppo_probe
+from ppo_probe import RunFormatError
+from trainers import BanditConfig, make_actor, train_bandit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    cfg = BanditConfig(seed=1, cycles=3)
+    torch.manual_seed(1)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    out = tmp_path_factory.mktemp("run") / "run"
+    with ppo_probe.watch(actor, optim, out=out, flush_rows=500, strict=True):
+        train_bandit(cfg, {"a": actor}, optim)
+    return out
+
+
+def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
+    meta = json.loads((small_run / "meta.json").read_text())
+    assert meta["schema_version"] == 1 and meta["status"] == "complete"
+    parts = sorted((small_run / "samples" / "rank=0").iterdir())
+    assert len(parts) > 1  # flush_rows=500 forces several complete part files
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
+    # readable by plain pyarrow as a dataset, without ppo_probe
+    table = ds.dataset(small_run / "samples", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == meta["counts"]["rows"] == meta["rows_written"]["samples"]
+    # actor parameters feeding the logits were discovered and are all in the optimizer
+    assert {p["name"] for p in meta["actor_params"]} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(p["feeds_logits"] and p["in_optimizer"] for p in meta["actor_params"])
+
+
+def test_refuses_to_write_over_a_run(small_run):
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        with ppo_probe.watch(out=small_run):
+            pass
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "no such file or directory"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "the directory is empty"),
+        (lambda p: (p / "junk").mkdir() or (p / "junk" / "x.txt").write_text("x") and p / "junk", "no meta.json"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "not a directory"),
+    ],
+    ids=["missing", "empty", "not-a-run", "a-file"],
+)
+def test_load_bad_paths_raise_one_clear_error(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(RunFormatError, match=message) as info:
+        ppo_probe.load(path)
+    assert str(path) in str(info.value)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_part_file_names_the_file(small_run, tmp_path):
+    run = _copy(small_run, tmp_path / "copy")
+    part = sorted((run / "samples" / "rank=0").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    with pytest.raises(RunFormatError, match="truncated or corrupt") as info:
+        ppo_probe.load(run)
+    assert str(part) in str(info.value)
+
+
+def test_newer_schema_and_foreign_meta_are_refused(small_run, tmp_path):
+    run = _copy(small_run, tmp_path / "copy")
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(RunFormatError, match="newer than this ppo_probe reads"):
+        ppo_probe.load(run)
+    (run / "meta.json").write_text("{not json")
+    with pytest.raises(RunFormatError, match="meta.json is unreadable"):
+        ppo_probe.load(run)
+
+
+_KILLED_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    import ppo_probe
+    from trainers import BanditConfig, make_actor, train_bandit
+    cfg = BanditConfig(seed=2, cycles=10_000)
+    torch.manual_seed(2)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out={out!r}, flush_rows=300):
+        train_bandit(cfg, {{"a": actor}}, optim)
+    """
+)
+
+
+def test_sigkill_leaves_a_readable_run(tmp_path):
+    out = tmp_path / "killed"
+    script = _KILLED_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        parts = out / "samples" / "rank=0"
+        while time.monotonic() < deadline:
+            if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 6:
+                break
+            assert proc.poll() is None, "the training script ended before it was killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no part files appeared within 120 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    run = ppo_probe.load(out)
+    assert run.meta["status"] == "running"  # it never reached its exit
+    assert len(run.samples) >= 6 * 300
+    report = ppo_probe.analyze(run)
+    assert len(report.per_cycle) >= 2
+    # complete cycles pair fully; only the one cut by the kill may lack its sampling rows
+    complete = report.per_cycle.iloc[:-1]
+    assert (complete["match_rate"] == 1.0).all()
