@@ -1,0 +1,67 @@
+"""Watched / plain wall time of examples/cartpole_ppo.py, alternated in one process (issue 2).
+
+Usage: python benchmarks/example_overhead.py [--repeats 5] [--timesteps 8192]
+Prints each pair of timings, the median ratio, and the bytes per sample row written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ppo_probe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("cartpole_ppo", ROOT / "examples" / "cartpole_ppo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cartpole_ppo"] = module  # dataclasses look their module up while decorating
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(example, timesteps: int, out: Path | None) -> float:
+    cfg = example.Config(seed=1, total_timesteps=timesteps)
+    envs, agent, optimizer = example.build(cfg)
+    start = time.perf_counter()
+    if out is None:
+        example.train(cfg, envs, agent, optimizer)
+    else:
+        with ppo_probe.watch(agent, optimizer, out=out):
+            example.train(cfg, envs, agent, optimizer)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timesteps", type=int, default=8192)
+    args = parser.parse_args()
+    example = load_example()
+    timed(example, 1024, None)  # warm-up: imports, allocator, env registration
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            plain = timed(example, args.timesteps, None)
+            out = Path(tmp) / f"run{i}"
+            watched = timed(example, args.timesteps, out)
+            ratios.append(watched / plain)
+            print(f"run {i}: plain {plain:.3f}s  watched {watched:.3f}s  ratio {watched / plain:.3f}")
+        meta = ppo_probe.load(out).meta
+    rows = meta["rows_written"]["samples"]
+    sample_bytes = meta["bytes_written"]["samples"]
+    total = sum(meta["bytes_written"].values())
+    print(f"median watched/plain ratio: {statistics.median(ratios):.3f} over {args.repeats} alternated pairs")
+    print(f"samples table: {rows} rows, {sample_bytes} bytes = {sample_bytes / rows:.1f} bytes/row "
+          f"(all tables: {total / rows:.1f} bytes per sample row)")
+
+
+if __name__ == "__main__":
+    main()
