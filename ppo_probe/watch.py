@@ -333,7 +333,11 @@ def _guarded(session: Session, place: str, fn: Any) -> Any:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    # Under `python -W error` a warning raises: that must not reach the trainer or kill the writer.
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def watch(

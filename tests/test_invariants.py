@@ -111,6 +111,7 @@ def test_failing_probe_never_reaches_the_trainer(tmp_path, monkeypatch):
     for p, q in zip(actor.parameters(), reference.parameters()):
         assert torch.equal(p, q)
     errors = ppo_probe.load(w.path).meta["probe_errors"]
+    assert set(errors) == {"Categorical capture"}  # nothing downstream failed because of it
     assert errors["Categorical capture"]["count"] == cfg.cycles * (1 + cfg.epochs * 4)
     assert "injected fingerprint failure" in errors["Categorical capture"]["message"]
 
@@ -146,3 +147,18 @@ def test_watched_run_is_bit_identical(cartpole, tmp_path, explicit):
     watched_params, watched_rng = trained(True)
     assert all(torch.equal(p, q) for p, q in zip(plain_params, watched_params))
     assert torch.equal(plain_rng, watched_rng)  # the probe drew nothing from torch's RNG
+
+
+def test_warnings_as_errors_still_never_reach_the_trainer(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fingerprint failure")
+
+    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    cfg, actor, optim = _bandit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as `python -W error` would
+        with ppo_probe.watch(actor, optim, out=tmp_path / "run") as w:
+            train_bandit(cfg, {"a": actor}, optim)
+    errors = ppo_probe.load(w.path).meta["probe_errors"]
+    assert set(errors) == {"Categorical capture"}
+    assert ppo_probe.load(w.path).meta["counts"]["steps"] == cfg.cycles * cfg.epochs * 4

@@ -121,3 +121,25 @@ def test_probs_built_distribution_and_kept_logits(tmp_path):
     assert float(torch_kl.mean()) > 1e-3
     assert torch.allclose(torch.tensor(second["kl_exact"].to_numpy()), torch_kl.double(), rtol=1e-4, atol=1e-7)
     assert (run.dists["entropy_norm"] > 0).all() and (run.dists["n_categories"] == 5).all()
+
+
+def test_tensors_written_in_place_after_log_prob_are_counted_not_mispaired(tmp_path):
+    torch.manual_seed(9)
+    actor = torch.nn.Linear(3, 4)
+    optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+    obs = torch.randn(16, 3)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        with torch.no_grad():
+            dist = Categorical(logits=actor(obs))
+            action = dist.sample()
+            old = dist.log_prob(action)
+            stored = action.clone()
+            action.fill_(0)  # the trainer reuses its action tensor: the recorded values are gone
+        new = Categorical(logits=actor(obs)).log_prob(stored)
+        (-(new - old).exp().mean()).backward()
+        optim.step()
+    run = ppo_probe.load(w.path)
+    assert run.meta["counts"]["calls_changed_after_record"] == 1
+    sampling = run.samples[run.samples["phase"] == "sampling"]
+    assert sampling["fingerprint"].isna().all()
+    assert len(run.pairs) == 16 and not run.pairs["paired"].any()

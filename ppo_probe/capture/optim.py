@@ -51,43 +51,46 @@ class StepRecorder:
             return None
         return found[1]
 
+    def _moved(self, params: list[torch.Tensor]) -> tuple[list[bool], torch.Tensor | None]:
+        """Norm of (param - snapshot) for the params that have a snapshot, stacked; then snapshot."""
+        snaps = [self._snapshot(p) for p in params]
+        present = [s is not None for s in snaps]
+        known = [i for i, ok in enumerate(present) if ok]
+        moved = None
+        if known:
+            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
+            moved = torch.stack(torch._foreach_norm(diffs))
+        self._take_snapshots(params, snaps)
+        return present, moved
+
     @torch.no_grad()
     def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         session = self._session
         params, groups = _params(optimizer)
         grads = [p.grad for p in params]
         present = [g for g in grads if g is not None]
-        grad_norms = iter(torch._foreach_norm(present) if present else [])
-        grad_norm = [next(grad_norms) if g is not None else None for g in grads]
-        nonzero = [torch.count_nonzero(g) if g is not None else None for g in grads]
-
-        snaps = [self._snapshot(p) for p in params]
-        known = [i for i, s in enumerate(snaps) if s is not None]
-        outside: list[torch.Tensor | None] = [None] * len(params)
-        if known:
-            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
-            for i, norm in zip(known, torch._foreach_norm(diffs)):
-                outside[i] = norm
-        self._take_snapshots(params, snaps)
-
-        names = [session.param_name(p) for p in params]
-        feeds = [session.feeds_logits(p) for p in params]
+        grad_norm = grad_nonzero = None
+        if present:
+            grad_norm = torch.stack(torch._foreach_norm(present))
+            grad_nonzero = torch.stack([torch.count_nonzero(g) for g in present])
+        outside_present, outside = self._moved(params)
         record = StepRecord(
             step=session.seq,
             cycle=session.cycle,
             optimizer=self.index_of(optimizer),
             optimizer_class=type(optimizer).__name__,
             holds_actor=session.holds_actor(params),
-            names=names,
+            names=[session.param_name(p) for p in params],
             groups=groups,
             lrs=[optimizer.param_groups[g].get("lr", float("nan")) for g in groups],
             weight_decays=[optimizer.param_groups[g].get("weight_decay", 0.0) for g in groups],
             numels=[p.numel() for p in params],
             requires_grad=[p.requires_grad for p in params],
-            grad_is_none=[g is None for g in grads],
-            feeds_logits=feeds,
+            grad_present=[g is not None for g in grads],
+            feeds_logits=[session.feeds_logits(p) for p in params],
             grad_norm=grad_norm,
-            grad_nonzero=nonzero,
+            grad_nonzero=grad_nonzero,
+            outside_present=outside_present,
             outside_delta=outside,
         )
         self._pending[id(optimizer)] = (record, params)
@@ -98,16 +101,8 @@ class StepRecorder:
         if pending is None:
             return
         record, params = pending
-        snaps = [self._snapshot(p) for p in params]
-        record.param_norm = list(torch._foreach_norm(params)) if params else []
-        known = [i for i, s in enumerate(snaps) if s is not None]
-        delta: list[torch.Tensor | None] = [None] * len(params)
-        if known:
-            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
-            for i, norm in zip(known, torch._foreach_norm(diffs)):
-                delta[i] = norm
-        record.delta_norm = delta
-        self._take_snapshots(params, snaps)
+        record.param_norm = torch.stack(torch._foreach_norm(params)) if params else None
+        record.delta_present, record.delta_norm = self._moved(params)
         self._session.on_step_done(record)
 
     def _take_snapshots(self, params: list[torch.Tensor], snaps: list[torch.Tensor | None]) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..storage.schema import SAMPLES
+
 MASKED_LOGIT = -1e7  # normalized logits at or below this count as masked categories
 
 PHASES = ("sampling", "update", "eval")
@@ -57,8 +59,9 @@ class CallRecord:
     cycle: int
     seq: int
     row_index: torch.Tensor | None  # dist row of each log-prob row, None when they coincide
-    action: torch.Tensor  # [n] int64
-    logp: torch.Tensor  # [n] float32
+    action: torch.Tensor  # the trainer's action tensor (detached reference, broadcastable)
+    logp: torch.Tensor  # the log_prob result (detached reference)
+    versions: tuple[int, int]  # their version counters when recorded
     n: int
     gen: Generation
     grads: list[torch.Tensor] = field(default_factory=list)
@@ -66,6 +69,10 @@ class CallRecord:
 
 @dataclass(eq=False)
 class StepRecord:
+    """One optimizer step. Per-parameter norms are stacked into one tensor per quantity (few
+    Python objects: buffered records must not slow the garbage collector); ``*_present`` say which
+    parameters each stacked tensor covers."""
+
     step: int
     cycle: int
     optimizer: int
@@ -77,13 +84,15 @@ class StepRecord:
     weight_decays: list[Any]
     numels: list[int]
     requires_grad: list[bool]
-    grad_is_none: list[bool]
+    grad_present: list[bool]
     feeds_logits: list[bool]
-    grad_norm: list[torch.Tensor | None]
-    grad_nonzero: list[torch.Tensor | None]
-    outside_delta: list[torch.Tensor | None]
-    param_norm: list[torch.Tensor] = field(default_factory=list)
-    delta_norm: list[torch.Tensor | None] = field(default_factory=list)
+    grad_norm: torch.Tensor | None  # [sum(grad_present)]
+    grad_nonzero: torch.Tensor | None  # [sum(grad_present)]
+    outside_present: list[bool]
+    outside_delta: torch.Tensor | None  # [sum(outside_present)]
+    param_norm: torch.Tensor | None = None  # [len(names)]
+    delta_present: list[bool] = field(default_factory=list)
+    delta_norm: torch.Tensor | None = None  # [sum(delta_present)]
     wall_time: float = field(default_factory=time.time)
 
 
@@ -179,26 +188,39 @@ def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
     return tensor if call.row_index is None else tensor[call.row_index]
 
 
-def sample_columns(calls: list[CallRecord]) -> dict[str, Any]:
+def _changed_since(call: CallRecord) -> bool:
+    return (call.action._version, call.logp._version) != call.versions
+
+
+def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
+    """Columns of the samples table, and how many calls the trainer wrote into after recording.
+
+    Such calls keep their rows but lose their fingerprint (so they are never paired): the values
+    read now may not be the ones the trainer used.
+    """
+    if not calls:
+        return {name: [] for name in SAMPLES.names}, 0
     counts = np.array([c.n for c in calls], dtype=np.int64)
 
     def per_call(values: list[Any]) -> np.ndarray:
         return np.repeat(np.array(values), counts)
 
-    fp_calls = [c for c in calls if c.dist.fingerprint is not None]
+    changed = [_changed_since(c) for c in calls]
+    fp_calls = [c for c, bad in zip(calls, changed) if c.dist.fingerprint is not None and not bad]
     fingerprint = np.zeros(int(counts.sum()), dtype=np.int64)
-    has_fp = per_call([c.dist.fingerprint is not None for c in calls]) if calls else np.zeros(0, bool)
+    has_fp = per_call([c.dist.fingerprint is not None and not bad for c, bad in zip(calls, changed)])
     if fp_calls:
         fingerprint[has_fp] = _host([_rows_of(c, c.dist.fingerprint) for c in fp_calls], torch.int64)
 
-    has_grad = per_call([bool(c.grads) for c in calls]) if calls else np.zeros(0, bool)
+    has_grad = per_call([bool(c.grads) for c in calls])
     grad = np.zeros(int(counts.sum()), dtype=np.float32)
     grad_calls = [c for c in calls if c.grads]
     if grad_calls:
         summed = [torch.stack(c.grads).sum(0) if len(c.grads) > 1 else c.grads[0] for c in grad_calls]
         grad[has_grad] = _host(summed, torch.float32)
 
-    return {
+    actions = [torch.broadcast_to(c.action, c.logp.shape).reshape(-1) for c in calls]
+    columns = {
         "cycle": per_call([c.cycle for c in calls]),
         "seq": per_call([c.seq for c in calls]),
         "phase": per_call([c.phase for c in calls]),
@@ -207,11 +229,12 @@ def sample_columns(calls: list[CallRecord]) -> dict[str, Any]:
         "call_id": per_call([c.call_id for c in calls]),
         "call_rows": per_call([c.n for c in calls]),
         "fingerprint": pa.array(fingerprint, mask=~has_fp, type=pa.int64()),
-        "action": _host([c.action for c in calls], torch.int64),
-        "logp": _host([c.logp for c in calls], torch.float32),
+        "action": _host(actions, torch.int64),
+        "logp": _host([c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
         "logits": _logits_column(calls, counts),
     }
+    return columns, sum(changed)
 
 
 def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
@@ -224,14 +247,29 @@ def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(null, type=pa.bool_()))
 
 
+def _spread(tensors: list[torch.Tensor | None], present: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter stacked per-step tensors back to one value per parameter; NaN and a mask elsewhere."""
+    mask = np.array(present, dtype=bool)
+    out = np.full(len(mask), np.nan)
+    given = [t.reshape(-1) for t in tensors if t is not None and t.numel()]
+    if given:
+        out[mask] = _host(given, torch.float64)
+    return out, ~mask
+
+
 def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Columns of the steps table and of the layers table."""
     counts = np.array([len(s.names) for s in steps], dtype=np.int64)
-    grad, grad_missing = _scalars([v for s in steps for v in s.grad_norm])
-    nonzero, _ = _scalars([v for s in steps for v in s.grad_nonzero])
-    pnorm, _ = _scalars([v for s in steps for v in s.param_norm])
-    delta, delta_missing = _scalars([v for s in steps for v in s.delta_norm])
-    outside, outside_missing = _scalars([v for s in steps for v in s.outside_delta])
+    grad_present = [v for s in steps for v in s.grad_present]
+    grad, grad_missing = _spread([s.grad_norm for s in steps], grad_present)
+    nonzero, _ = _spread([s.grad_nonzero for s in steps], grad_present)
+    pnorm, _ = _spread([s.param_norm for s in steps], [True] * int(counts.sum()))
+    delta, delta_missing = _spread(
+        [s.delta_norm for s in steps], [v for s in steps for v in s.delta_present]
+    )
+    outside, outside_missing = _spread(
+        [s.outside_delta for s in steps], [v for s in steps for v in s.outside_present]
+    )
     numel = np.array([n for s in steps for n in s.numels], dtype=np.int64)
     step_of = np.repeat(np.arange(len(steps)), counts)
 
@@ -270,7 +308,7 @@ def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any
         "weight_decay": [_float(v) for v in per_param(lambda s: s.weight_decays)],
         "numel": numel,
         "requires_grad": per_param(lambda s: s.requires_grad),
-        "grad_is_none": per_param(lambda s: s.grad_is_none),
+        "grad_is_none": grad_missing,
         "grad_norm": pa.array(grad, mask=grad_missing, type=pa.float32()),
         "grad_nonzero_frac": pa.array(
             nonzero / np.maximum(numel, 1), mask=grad_missing, type=pa.float32()

@@ -90,6 +90,7 @@ class Session:
             "unattributed_dists": 0,
             "untracked_log_prob_calls": 0,
             "late_gradients": 0,
+            "calls_changed_after_record": 0,
         }
 
     # ---------------------------------------------------------------- failures
@@ -243,10 +244,11 @@ class Session:
         if shape != record.batch_shape:
             index = torch.arange(record.rows, device=result.device).reshape(record.batch_shape)
             row_index = torch.broadcast_to(index, shape).reshape(-1)
-        with torch.no_grad():
-            action = torch.broadcast_to(value.detach(), shape).reshape(-1).to(torch.int64, copy=True)
-            logp = result.detach().reshape(-1).to(torch.float32, copy=True)
-        n = logp.numel()
+        # References, not copies: conversion happens in bulk at the flush, where the version
+        # counters tell whether the trainer wrote into either tensor in the meantime.
+        action = value.detach()
+        logp = result.detach()
+        n = result.numel()
         call = CallRecord(
             call_id=self._next_call,
             dist=record,
@@ -256,6 +258,7 @@ class Session:
             row_index=row_index,
             action=action,
             logp=logp,
+            versions=(action._version, logp._version),
             n=n,
             gen=self._gen,
         )
@@ -336,8 +339,10 @@ class Session:
 
         def produce() -> dict[str, dict[str, Any]]:
             step_table, layer_table = step_columns(steps)
+            samples, changed = sample_columns(calls)
+            self.counts["calls_changed_after_record"] += changed
             return {
-                "samples": sample_columns(calls),
+                "samples": samples,
                 "dists": dist_columns(dists),
                 "steps": step_table,
                 "layers": layer_table,
