@@ -56,3 +56,12 @@ def test_kl_estimators_agree_with_exact_kl(cartpole, tmp_path):
     assert rel.median() < 0.2
     # and the exact KL is non-negative on every row
     assert (report.run.pairs["kl_exact"].dropna() >= -1e-6).all()
+
+
+def test_entropy_gradient_recovers_the_coefficient(cartpole, tmp_path):
+    cfg, report = _run(cartpole, tmp_path, "agent")
+    update = report.run.dists[report.run.dists["grad_enabled"]]
+    minibatch = cfg.num_envs * cfg.num_steps // cfg.num_minibatches
+    # loss = ... - ent_coef * entropy.mean(): dLoss/dH_i = -ent_coef / B on every row
+    assert np.allclose(update["grad_entropy"] * minibatch, -cfg.ent_coef, rtol=1e-5)
+    assert all(list(shape) == [minibatch] for shape in update["batch_shape"])

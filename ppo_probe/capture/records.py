@@ -172,6 +172,7 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
         "grad_enabled": [d.grad_enabled for d in dists],
         "actor": [d.actor for d in dists],
         "entry": [d.entry for d in dists],
+        "batch_shape": [list(d.batch_shape) for d in dists],
         "rows": [d.rows for d in dists],
         "n_categories": [d.n_categories for d in dists],
         "masked_mean": stats[:, 0],

@@ -34,6 +34,7 @@ DISTS = pa.schema(
         ("grad_enabled", pa.bool_()),
         ("actor", pa.string()),
         ("entry", pa.string()),  # module whose input was fingerprinted; null if none
+        ("batch_shape", pa.list_(pa.int32())),
         ("rows", pa.int32()),
         ("n_categories", pa.int32()),
         ("masked_mean", pa.float32()),  # mean count of categories with logit <= -1e7 per row
