@@ -36,9 +36,9 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
 def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None) -> pd.DataFrame:
     """One row per update-phase log-prob row; ``paired`` says whether a sampling row matched."""
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
-    sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row"]]
+    sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row", "dist_id"]]
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
-        columns={"logp": "old_logp", "row": "old_row"}
+        columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )
     multiplicity = sampling.groupby(PAIR_KEY, sort=False).size().rename("multiplicity")
     old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
@@ -71,7 +71,7 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     columns = [
         "rank", "cycle", "step", "epoch", "actor", "action", "fingerprint", "paired",
         "old_logp", "new_logp", "log_ratio", "ratio", "k3", "grad_logp", "clipped", "adv_eff",
-        "kl_exact", "call_rows", "seq", "dist_id", "multiplicity",
+        "kl_exact", "call_rows", "seq", "dist_id", "old_dist_id", "multiplicity",
     ]  # fmt: skip
     return pairs[columns]
 

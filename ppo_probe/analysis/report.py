@@ -1,18 +1,25 @@
-"""``analyze``: per-step and per-cycle metrics of a run, and (next) its diagnostics."""
+"""``analyze``: metrics, diagnostics and a recommendation for a run."""
 
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from .config import Thresholds, build_thresholds, find_pyproject, read_table
+from .diagnostics import IDS, Context, run_checks
 from .metrics import per_cycle, per_step
+from .recommend import recommend
 from .run import Run, load
 
 DIAGNOSTIC_COLUMNS = ["id", "severity", "title", "evidence", "fix", "first_step", "cycles"]
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+DEFAULT_CLIP_COEF = 0.2
 
 _SUMMARY_COLUMNS = [
     "cycle", "n_steps", "n_epochs", "match_rate", "kl_k3", "kl_k1_end", "kl_exact_end",
@@ -22,7 +29,15 @@ _SUMMARY_COLUMNS = [
 
 @dataclass
 class Report:
-    """What ``analyze`` returns. ``diagnostics`` stays empty until the analyzer lands its catalog."""
+    """What :func:`analyze` returns.
+
+    Attributes:
+        per_step: one row per optimizer step (metrics over the rows whose gradient fed it).
+        per_cycle: one row per cycle (``kl_k3`` and ``clip_fraction`` as SB3 logs them).
+        diagnostics: id, severity, title, evidence, fix, first_step, cycles; errors first.
+        recommendation: lr, lr_multiplier, adv_scale, rationale (None without paired data).
+        settings: the thresholds in force and where clip_coef came from.
+    """
 
     run: Run
     per_step: pd.DataFrame
@@ -37,25 +52,40 @@ class Report:
         return not (self.diagnostics["severity"] == "error").any()
 
     @property
+    def ids(self) -> list[str]:
+        return list(self.diagnostics["id"])
+
+    @property
     def paired_fraction(self) -> float:
         return self.run.paired_fraction
 
     def summary(self) -> str:
         pairs = self.run.pairs
-        lines = [
-            f"ppo_probe report: {self.run.path}",
-            f"  cycles {len(self.per_cycle)}, optimizer steps {len(self.per_step)}, "
-            f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
-            f"({self.paired_fraction:.1%})" if len(pairs) else f"  no update rows recorded",
-        ]
-        errors = self.run.meta.get("probe_errors") or {}
-        for place, info in errors.items():
-            lines.append(f"  probe failed in {place} x{info.get('count')}: {info.get('message')}")
+        lines = [f"ppo_probe report: {self.run.path}"]
+        if len(pairs):
+            lines.append(f"  cycles {len(self.per_cycle)}, optimizer steps {len(self.per_step)}, "
+                         f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
+                         f"({self.paired_fraction:.1%})")
+        else:
+            lines.append("  no update rows recorded")
         if not self.per_cycle.empty:
             cols = [c for c in _SUMMARY_COLUMNS if c in self.per_cycle]
             with pd.option_context("display.width", 200, "display.max_columns", 30):
                 lines.append(self.per_cycle[cols].to_string(index=False, float_format=_fmt))
-        lines.append(f"  diagnostics: {len(self.diagnostics)}")
+        if self.diagnostics.empty:
+            lines.append("diagnostics: none")
+        else:
+            lines.append(f"diagnostics: {len(self.diagnostics)}")
+            for d in self.diagnostics.itertuples():
+                lines.append(f"  [{d.severity}] {d.id}: {d.title}")
+                lines.append(f"      evidence: {d.evidence}")
+                lines.append(f"      fix: {d.fix}")
+        if self.recommendation:
+            r = self.recommendation
+            lr = f"{r['lr']:.3g}" if r.get("lr") is not None else "n/a"
+            lines.append(f"recommendation: lr {lr} (x{r['lr_multiplier']:.3g}), advantage scale "
+                         f"x{r['adv_scale']:.3g}" if r.get("adv_scale") else f"recommendation: lr {lr}")
+            lines.append(f"  {r['rationale']}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -63,50 +93,114 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: per-cycle table, diagnostics, recommendation, settings."""
-        return json.loads(
-            json.dumps(
-                {
-                    "path": str(self.run.path),
-                    "ok": self.ok,
-                    "paired_fraction": self.paired_fraction,
-                    "per_cycle": self.per_cycle.astype(object).where(self.per_cycle.notna(), None).to_dict("records"),
-                    "diagnostics": self.diagnostics.to_dict("records"),
-                    "recommendation": self.recommendation,
-                    "settings": self.settings,
-                },
-                default=str,
-            )
-        )
+        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+        payload = {
+            "path": str(self.run.path),
+            "ok": self.ok,
+            "paired_fraction": self.paired_fraction,
+            "per_cycle": records(self.per_cycle),
+            "diagnostics": records(self.diagnostics),
+            "recommendation": self.recommendation,
+            "settings": self.settings,
+        }
+        return json.loads(json.dumps(payload, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, (tuple, set, np.ndarray)):
+        return list(value)
+    return str(value)
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def infer_clip_coef(pairs: pd.DataFrame) -> float | None:
+    """PPO's eps from where the clipped branch is active (zero log-prob gradient).
+
+    Clipped rows have |r - 1| > eps; unclipped rows moving in the direction the clip would stop
+    (r > 1 with a positive advantage, r < 1 with a negative one) have |r - 1| <= eps. The simplest
+    decimal in that bracket is returned; None when it cannot be bracketed.
+    """
+    rows = pairs[pairs["paired"] & pairs["grad_logp"].notna()]
+    grad = rows["grad_logp"].astype(float)
+    clipped = rows[grad == 0]
+    if len(clipped) < 5 or len(clipped) > 0.9 * len(rows):
+        return None
+    dev = (rows["ratio"].astype(float) - 1.0)
+    toward = rows[(grad != 0) & (np.sign(rows["adv_eff"].astype(float)) * dev > 0)]
+    lo = float((toward["ratio"].astype(float) - 1).abs().max()) if len(toward) else 0.0
+    hi = float((clipped["ratio"].astype(float) - 1).abs().min())
+    if not lo < hi:
+        return None
+    for decimals in (1, 2, 3, 4):
+        candidate = round((lo + hi) / 2, decimals)
+        if lo <= candidate < hi:
+            return candidate
+    return (lo + hi) / 2
+
+
 def analyze(
     run: Run | str | os.PathLike[str],
     *,
-    target_kl: float = 0.02,
-    clip_coef: float = 0.2,
+    target_kl: float | None = None,
+    clip_coef: float | None = None,
+    ignore: list[str] | tuple[str, ...] | None = None,
+    severities: dict[str, str] | None = None,
+    pyproject: str | os.PathLike[str] | None = None,
+    **thresholds: Any,
 ) -> Report:
-    """Per-step and per-cycle metrics of a run (a path or a loaded :class:`Run`).
+    """Metrics, diagnostics and a recommendation for a run (a path or a loaded :class:`Run`).
+
+    Settings come from the defaults (target KL 0.02, KL band 0.01-0.03, clip fraction band
+    0.05-0.30, paired fraction >= 0.9), then ``[tool.ppo_probe]`` of the nearest pyproject.toml
+    (or ``pyproject``), then these arguments.
 
     Args:
         run: a run directory or the result of :func:`ppo_probe.load`.
-        target_kl: the per-cycle KL the trainer aims at (used by diagnostics and recommendation).
-        clip_coef: the PPO clip epsilon for ``clip_fraction`` (``|r - 1| > clip_coef``).
+        target_kl: the per-cycle KL the trainer should reach.
+        clip_coef: PPO's eps for ``clip_fraction``; None infers it from where the clipped branch
+            is active (falling back to 0.2).
+        ignore: diagnostic ids not to report.
+        severities: per-id severity overrides, e.g. ``{"update-too-small": "info"}``.
+        pyproject: the pyproject.toml to read instead of searching from the working directory.
+        **thresholds: any other field of :class:`ppo_probe.analysis.config.Thresholds`.
     """
     if not isinstance(run, Run):
         run = load(run)
-    if not (clip_coef > 0):
-        raise ValueError(f"clip_coef must be > 0, got {clip_coef}")
-    if not (target_kl > 0):
-        raise ValueError(f"target_kl must be > 0, got {target_kl}")
-    steps_table = per_step(run.pairs, run.dists, run.steps, clip_coef)
-    cycles = per_cycle(steps_table, run.pairs)
+    source = Path(pyproject) if pyproject is not None else find_pyproject()
+    overrides = dict(thresholds, target_kl=target_kl, clip_coef=clip_coef, ignore=ignore, severities=severities)
+    t = build_thresholds(read_table(source), overrides, set(IDS))
+    pairs = run.pairs
+    if t.clip_coef is not None:
+        eps, eps_source = t.clip_coef, "setting"
+    else:
+        inferred = infer_clip_coef(pairs)
+        eps, eps_source = (inferred, "inferred") if inferred else (DEFAULT_CLIP_COEF, "default")
+    steps_table = per_step(pairs, run.dists, run.steps, eps)
+    cycles = per_cycle(steps_table, pairs)
+    ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps)
+    findings = run_checks(ctx)
+    diagnostics = pd.DataFrame(
+        [{**f.__dict__, "cycles": list(f.cycles)} for f in findings], columns=DIAGNOSTIC_COLUMNS
+    )
+    if len(diagnostics):
+        order = diagnostics["severity"].map(_SEVERITY_ORDER)
+        diagnostics = diagnostics.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+    settings = {k: v for k, v in t.__dict__.items()}
+    settings.update(clip_coef=eps, clip_coef_source=eps_source, pyproject=str(source) if source else None)
     return Report(
         run=run,
         per_step=steps_table,
         per_cycle=cycles,
-        settings={"target_kl": target_kl, "clip_coef": clip_coef},
+        diagnostics=diagnostics,
+        recommendation=recommend(cycles, steps_table, run.meta, t),
+        settings=settings,
     )

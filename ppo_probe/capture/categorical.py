@@ -62,7 +62,13 @@ def _uninstall() -> None:
 
 
 def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
-    wrapped(*args, **kwargs)
+    try:
+        wrapped(*args, **kwargs)
+    except Exception:
+        # The trainer is about to crash (e.g. validation of NaN logits): note why, then re-raise.
+        for session in tuple(_sessions):
+            session.on_dist_init_failed(args, kwargs)
+        raise
     for session in tuple(_sessions):
         session.on_dist_init(instance)
 

@@ -91,6 +91,8 @@ class Session:
             "untracked_log_prob_calls": 0,
             "late_gradients": 0,
             "calls_changed_after_record": 0,
+            "dist_init_failures": 0,
+            "nonfinite_dist_inputs": 0,
         }
 
     # ---------------------------------------------------------------- failures
@@ -143,6 +145,16 @@ class Session:
     def on_dist_init(self, dist: Any) -> None:
         try:
             self._record_dist(dist)
+        except Exception as exc:  # noqa: BLE001
+            self.fail("Categorical capture", exc)
+
+    def on_dist_init_failed(self, args: Any, kwargs: Any) -> None:
+        try:
+            self.counts["dist_init_failures"] += 1
+            tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+            # Off the hot path (the trainer is crashing), so a host sync is acceptable here.
+            if any(not bool(torch.isfinite(t.detach()).all()) for t in tensors):
+                self.counts["nonfinite_dist_inputs"] += 1
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 

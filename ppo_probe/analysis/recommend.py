@@ -1,0 +1,92 @@
+"""The learning-rate and advantage-scale recommendation (DESIGN section 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Thresholds
+
+_ADAPTIVE = {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta"}
+LR_MULTIPLIER_RANGE = (0.01, 100.0)
+
+
+def fit_exponent(per_cycle: pd.DataFrame) -> tuple[float, int]:
+    """p in KL ~ lr^p fitted over cycles where the lr varied (>= 3 cycles spanning >= 20%);
+    returns (2.0, 0) when it cannot be fitted (the local quadratic model)."""
+    pc = per_cycle[["lr", "kl_k3"]].astype(float).dropna()
+    pc = pc[(pc["lr"] > 0) & (pc["kl_k3"] > 0)]
+    if len(pc) < 3 or pc["lr"].max() < 1.2 * pc["lr"].min():
+        return 2.0, 0
+    slope = float(np.polyfit(np.log(pc["lr"]), np.log(pc["kl_k3"]), 1)[0])
+    return float(np.clip(slope, 0.5, 4.0)), len(pc)
+
+
+def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, p: float) -> list[float]:
+    """lr per cycle had rl_games' adaptive schedule run this trainer: /1.5 when the cycle's KL is
+    above 2 x target, x1.5 below 0.5 x target. The KL each cycle would have had is modelled from
+    the observed one as KL x (lr_rule / lr_observed)^p."""
+    lrs: list[float] = []
+    current = float(lr.iloc[0])
+    for observed_kl, observed_lr in zip(kl, lr):
+        modelled = observed_kl * (current / observed_lr) ** p
+        if modelled > 2 * target:
+            current /= 1.5
+        elif modelled < 0.5 * target:
+            current *= 1.5
+        lrs.append(current)
+    return lrs
+
+
+def recommend(per_cycle: pd.DataFrame, per_step: pd.DataFrame, meta: dict[str, Any], t: Thresholds) -> dict[str, Any] | None:
+    """lr, lr_multiplier, adv_scale and a rationale citing the numbers used; None without data."""
+    pc = per_cycle[per_cycle["kl_k3"].notna() & (per_cycle["kl_k3"].astype(float) > 0)]
+    if pc.empty:
+        return None
+    kl = float(pc["kl_k3"].astype(float).median())
+    lr_now = float(pc["lr"].astype(float).iloc[-1]) if pc["lr"].notna().any() else float("nan")
+    p, fitted_on = fit_exponent(per_cycle)
+    lo, hi = LR_MULTIPLIER_RANGE
+    raw = (t.target_kl / kl) ** (1.0 / p)
+    multiplier = float(np.clip(raw, lo, hi))
+    adv_std = per_step["adv_eff_std"].astype(float).dropna()
+    adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
+    optimizer = next(iter(o.get("class") for o in meta.get("optimizers") or []), None)
+    adaptive = optimizer in _ADAPTIVE
+    lr_series = pc["lr"].astype(float).fillna(lr_now if np.isfinite(lr_now) else 1.0)
+    schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, p)
+    model = (f"KL ~ lr^{p:.2f} fitted over {fitted_on} cycles where the lr varied" if fitted_on
+             else "KL ~ lr^2 (the lr did not vary over the run, so the local quadratic model is used)")
+    clamp = f", clamped from {raw:.3g} to [{lo}, {hi}]" if raw != multiplier else ""
+    if adaptive:
+        optim_note = (f"{optimizer} normalizes the gradient scale, so the step hardly depends on the "
+                      "advantage scale: change the learning rate; rescale advantages only to fix "
+                      "the loss balance with the value and entropy terms")
+    else:
+        optim_note = (f"with {optimizer or 'a plain gradient optimizer'} the step is proportional to "
+                      "the advantage scale: scaling advantages by s is the same as scaling the lr by s")
+    sentences = [
+        f"median per-cycle KL (k3, last epoch) {kl:.3g} over {len(pc)} cycles vs target "
+        f"{t.target_kl}; {model}: lr x {multiplier:.3g}{clamp}"
+        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g})" if np.isfinite(lr_now) else "")
+    ]
+    if len(adv_std):
+        sentences.append(f"adv_eff median std {adv_std.median():.3g} over {len(adv_std)} steps: "
+                         f"advantage scale x {adv_scale:.3g} gives unit std")
+    sentences.append(optim_note)
+    sentences.append(f"rl_games' adaptive rule (lr /1.5 above 2 x target, x1.5 below 0.5 x target, "
+                     f"once per cycle; KL modelled as above) would have ended this run at lr "
+                     f"{schedule[-1]:.3g}")
+    rationale = ". ".join(sentences) + "."
+    return {
+        "lr": lr_now * multiplier if np.isfinite(lr_now) else None,
+        "lr_multiplier": multiplier,
+        "adv_scale": adv_scale if np.isfinite(adv_scale) else None,
+        "kl_per_cycle_median": kl,
+        "kl_exponent": p,
+        "optimizer": optimizer,
+        "rl_games_lr_per_cycle": schedule,
+        "rationale": rationale,
+    }
