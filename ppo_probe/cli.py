@@ -19,8 +19,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="print the per-cycle metrics of a run")
     report.add_argument("run", help="run directory written by ppo_probe.watch")
-    report.add_argument("--target-kl", type=float, default=0.02)
-    report.add_argument("--clip-coef", type=float, default=0.2)
+    report.add_argument("--target-kl", type=float, default=None,
+                        help="default: [tool.ppo_probe] target_kl, else 0.02")
+    report.add_argument("--clip-coef", type=float, default=None,
+                        help="default: [tool.ppo_probe] clip_coef, else inferred from the run")
     return parser
 
 
@@ -30,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             print(analyze(args.run, target_kl=args.target_kl, clip_coef=args.clip_coef))
             return 0
-    except RunFormatError as exc:
+    except (RunFormatError, ValueError) as exc:
         print(f"ppo-probe: {exc}", file=sys.stderr)
         return 2
     return 2

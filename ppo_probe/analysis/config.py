@@ -23,9 +23,7 @@ class Thresholds:
     """Health bands (DESIGN section 3) and the knobs of each diagnostic."""
 
     target_kl: float = 0.02
-    kl_band: tuple[float, float] = (0.01, 0.03)
     clip_band: tuple[float, float] = (0.05, 0.30)
-    ratio_mean_tolerance: float = 0.1
     min_paired_fraction: float = 0.9
     clip_coef: float | None = None  # None: inferred from where the clipped branch is active
     adv_std_band: tuple[float, float] = (0.2, 5.0)
@@ -76,7 +74,7 @@ def build_thresholds(table: dict[str, Any], overrides: dict[str, Any], known_ids
             if value is None:
                 continue
             key = key.replace("-", "_")
-            if key in ("fail_on",):  # read by the CLI, not by the analysis
+            if key in ("fail_on",):  # reserved for `ppo-probe check`, not an analysis threshold
                 continue
             if key not in _KNOWN:
                 raise ValueError(f"ppo_probe: unknown setting {key!r} in {source}; known: {sorted(_KNOWN)}")

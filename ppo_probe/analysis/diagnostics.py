@@ -234,8 +234,8 @@ def check_params_changed_outside_step(ctx: Context):
     )
     evidence = (
         f"{_names(changed['name'])} changed between optimizer steps before {steps_changed} of "
-        f"{steps_seen} steps (largest change {_g(float(outside.max()))}, relative to the weight norm "
-        f"{_g(float((outside / changed['param_norm'].astype(float)).max()))}); {kind}"
+        f"{steps_seen} steps (largest change {_g(float(outside.max()))}, median change relative to "
+        f"the tensor's norm {_g(float((outside / changed['param_norm'].astype(float).clip(lower=1e-12)).median()))}); {kind}"
     )
     fix = (
         "Do not load_state_dict / copy_ / re-initialise the actor inside the training loop; if a "
@@ -258,14 +258,14 @@ def check_sampling_update_mismatch(ctx: Context):
     new = d.reindex(bad["dist_id"].astype("int64").to_numpy())
     k_old, k_new = old["n_categories"].to_numpy(float), new["n_categories"].to_numpy(float)
     m_old, m_new = old["masked_mean"].to_numpy(float), new["masked_mean"].to_numpy(float)
-    scale = new["logit_spread"].to_numpy(float) / old["logit_spread"].to_numpy(float)
+    scale = bad["logit_scale"].to_numpy(float)  # per row: the same input seen by both paths
     if np.mean(k_old != k_new) > 0.5:
         kind = (f"category count: K = {int(np.median(k_old))} at sampling vs K = "
                 f"{int(np.median(k_new))} at update (a local action subset or a default K rebuilt)")
     elif np.mean(np.abs(m_old - m_new) > 0.01) > 0.5:
         kind = (f"action mask: {_g(float(np.mean(m_old)))} masked categories per row at sampling vs "
                 f"{_g(float(np.mean(m_new)))} at update (the mask is not stored and reused)")
-    elif np.nanstd(np.log(scale)) < 0.05 and abs(np.nanmedian(scale) - 1) > 0.02:
+    elif np.isfinite(scale).mean() > 0.5 and np.nanstd(np.log(scale)) < 0.05 and abs(np.nanmedian(scale) - 1) > 0.02:
         s = float(np.nanmedian(scale))
         kind = (f"logit scale: update logits are {_g(s)}x the sampling logits, a temperature of "
                 f"{_g(s)} applied on the sampling path only")
@@ -486,9 +486,9 @@ def check_policy_head_flat(ctx: Context):
     if len(per_cycle) < 3:
         return None
     spread = per_cycle["spread"].astype(float)
-    flat = (per_cycle["entropy_norm"] >= 0.99).all() and spread.max() < 0.05
-    still = spread.max() <= 1.25 * max(spread.min(), 1e-12)
-    if not (flat and still):
+    # Spread varies with the inputs of each cycle, so only its absolute size says "flat": under
+    # 1e-3 every probability is within ~0.05% of uniform.
+    if not ((per_cycle["entropy_norm"] >= 0.99).all() and spread.max() < 1e-3):
         return None
     evidence = (f"entropy / log K_eff >= {_g(float(per_cycle['entropy_norm'].min()))} in all {len(per_cycle)} "
                 f"cycles; logit spread {_g(float(spread.min()))}-{_g(float(spread.max()))} across cycles")
@@ -539,21 +539,24 @@ def check_adam_eps_dominates(ctx: Context):
     layers = layers[layers["grad_norm"].notna()]
     if layers.empty:
         return None
-    rms = layers["grad_norm"].astype(float) / np.sqrt(layers["numel"].astype(float).clip(lower=1))
-    eps = layers["optimizer"].map(lambda i: float((adam[i].get("defaults") or {}).get("eps", 1e-8)))
-    per_layer = pd.DataFrame({"name": layers["name"], "rms": rms, "eps": eps, "numel": layers["numel"]}).groupby("name").agg(
-        rms=("rms", "median"), eps=("eps", "first"), numel=("numel", "first")
+    # Gradient RMS over all actor values per step (dominated by the layers that learn most). A
+    # single layer may sit near eps in healthy runs (SB3 defaults: 0.3 eps on its 64x64 layer
+    # while the whole actor is at ~1.7 eps); only a whole actor far below eps is damped for real.
+    sq = (layers["grad_norm"].astype(float) ** 2).groupby([layers["optimizer"], layers["step"]]).sum()
+    numel = layers["numel"].astype(float).groupby([layers["optimizer"], layers["step"]]).sum()
+    rms_per_step = np.sqrt(sq / numel.clip(lower=1))
+    eps_per_step = pd.Series(
+        [float((adam[o].get("defaults") or {}).get("eps", 1e-8)) for o, _ in rms_per_step.index],
+        index=rms_per_step.index,
     )
-    # RMS below 0.3 eps damps steps below ~23%; CleanRL's healthy eps=1e-5 runs sit near 1.6 eps
-    damped = per_layer[per_layer["rms"] < 0.3 * per_layer["eps"]]
-    share = damped["numel"].sum() / per_layer["numel"].sum()
-    if share <= 0.5:
+    ratio = float((rms_per_step / eps_per_step).median())
+    if not ratio < 0.1:
         return None
-    eps0 = float(per_layer["eps"].iloc[0])
-    rms0 = float(damped["rms"].median())
-    evidence = (f"median per-element gradient RMS {_g(rms0)} on {share:.0%} of the actor's values vs "
-                f"Adam eps {_g(eps0)}: each step is damped to ~{rms0 / (rms0 + eps0):.0%} of its "
-                "normal size")
+    eps0 = float(eps_per_step.iloc[0])
+    rms0 = ratio * eps0
+    evidence = (f"median gradient RMS over the actor's {int(numel.iloc[0])} values is {_g(rms0)} "
+                f"over {len(rms_per_step)} steps, {_g(ratio)} x Adam eps {_g(eps0)}: each step is "
+                f"damped to ~{rms0 / (rms0 + eps0):.0%} of its normal size")
     fix = ("Scale the loss up (normalize advantages or rewards) or lower Adam's eps (e.g. 1e-8) so "
            "that gradients dominate eps.")
     return evidence, fix, None, ()
@@ -564,21 +567,19 @@ def check_adam_eps_dominates(ctx: Context):
 
 @diagnostic("kl-sign-cancellation", "info", "A mean(old - new) KL log reads ~0")
 def check_kl_sign_cancellation(ctx: Context):
-    pc = ctx.per_cycle
-    if pc.empty:
+    steps = ctx.per_step[ctx.per_step["kl_k3"].astype(float) > 1e-4]
+    if len(steps) < 4:
         return None
-    k1, k3 = pc["kl_k1_end"].astype(float), pc["kl_k3"].astype(float)
-    considered = k3 > 1e-4
-    cancel = considered & (k1 < 0.5 * k3)
-    if considered.sum() < 2 or cancel.sum() < 0.5 * considered.sum():
+    k1, k3 = steps["kl_k1"].astype(float), steps["kl_k3"].astype(float)
+    low = k1 < 0.5 * k3
+    if low.mean() < 0.25:
         return None
-    rows = int(ctx.paired.shape[0])
-    evidence = (f"k1 = mean(old - new) is {_g(float(k1[cancel].median()))} while k3 is "
-                f"{_g(float(k3[cancel].median()))} (median over {int(cancel.sum())} of "
-                f"{int(considered.sum())} cycles, {rows} paired samples): positive and negative "
-                "log-ratio terms cancel in k1")
+    evidence = (f"k1 = mean(old - new) is below half of k3 on {int(low.sum())} of {len(steps)} steps "
+                f"(negative on {int((k1 < 0).sum())}; median k1 there {_g(float(k1[low].median()))} "
+                f"vs k3 {_g(float(k3[low].median()))}): positive and negative log-ratio terms cancel, "
+                "so a KL log or guard built on mean(old - new) reads ~0 or negative on those steps")
     fix = "Log and guard on k3 = mean((r - 1) - log r) or k2 = mean(0.5 (log r)^2), not mean(old - new)."
-    return evidence, fix, None, _cycles(pc.loc[cancel, "cycle"])
+    return evidence, fix, _first_step(steps.loc[low, "step"]), _cycles(steps.loc[low, "cycle"])
 
 
 @diagnostic("kl-early-stop", "info", "A KL guard stops the update epochs early")

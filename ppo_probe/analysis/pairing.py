@@ -63,7 +63,7 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     with np.errstate(divide="ignore", invalid="ignore"):
         adv = -grad * pairs["call_rows"].to_numpy(np.float64) / terms["ratio"]
     pairs["adv_eff"] = np.where(observable, adv, np.nan)
-    pairs["kl_exact"] = exact_kl(
+    pairs["kl_exact"], pairs["logit_scale"] = compare_logits(
         logits,
         pairs["new_row"].to_numpy(np.int64),
         pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
@@ -71,16 +71,21 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     columns = [
         "rank", "cycle", "step", "epoch", "actor", "action", "fingerprint", "paired",
         "old_logp", "new_logp", "log_ratio", "ratio", "k3", "grad_logp", "clipped", "adv_eff",
-        "kl_exact", "call_rows", "seq", "dist_id", "old_dist_id", "multiplicity",
+        "kl_exact", "logit_scale", "call_rows", "seq", "dist_id", "old_dist_id", "multiplicity",
     ]  # fmt: skip
     return pairs[columns]
 
 
-def exact_kl(logits: pa.Array | None, new_rows: np.ndarray, old_rows: np.ndarray) -> np.ndarray:
-    """KL(old || new) per row from the kept normalized logits; NaN where not kept or K differs."""
-    out = np.full(len(new_rows), np.nan)
+def compare_logits(
+    logits: pa.Array | None, new_rows: np.ndarray, old_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per paired row, from the kept normalized logits: KL(old || new), and the logit scale
+    std(new) / std(old) over the categories unmasked at sampling (a temperature applied on one
+    path shows as the same factor on every row). NaN where logits were not kept or K differs."""
+    kl = np.full(len(new_rows), np.nan)
+    scale = np.full(len(new_rows), np.nan)
     if logits is None or len(logits) == 0 or len(new_rows) == 0:
-        return out
+        return kl, scale
     has_old = ~np.isnan(old_rows)
     old = np.where(has_old, old_rows, 0).astype(np.int64)
     offsets = logits.offsets.to_numpy()
@@ -94,7 +99,11 @@ def exact_kl(logits: pa.Array | None, new_rows: np.ndarray, old_rows: np.ndarray
         cols = np.arange(k)
         lo = values[offsets[old[sel]][:, None] + cols]
         ln = values[offsets[new_rows[sel]][:, None] + cols]
-        with np.errstate(over="ignore", invalid="ignore"):
-            term = np.where(lo <= MASKED_LOGIT, 0.0, np.exp(lo) * (lo - ln))
-        out[sel] = term.sum(axis=1)
-    return out
+        masked = lo <= MASKED_LOGIT
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            kl[sel] = np.where(masked, 0.0, np.exp(lo) * (lo - ln)).sum(axis=1)
+            if k > 1:
+                std_old = np.nanstd(np.where(masked, np.nan, lo), axis=1)
+                std_new = np.nanstd(np.where(masked, np.nan, ln), axis=1)
+                scale[sel] = np.where(std_old > 0, std_new / std_old, np.nan)
+    return kl, scale

@@ -40,7 +40,9 @@ def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, p: float) -> list
     return lrs
 
 
-def recommend(per_cycle: pd.DataFrame, per_step: pd.DataFrame, meta: dict[str, Any], t: Thresholds) -> dict[str, Any] | None:
+def recommend(
+    per_cycle: pd.DataFrame, per_step: pd.DataFrame, steps: pd.DataFrame, meta: dict[str, Any], t: Thresholds
+) -> dict[str, Any] | None:
     """lr, lr_multiplier, adv_scale and a rationale citing the numbers used; None without data."""
     pc = per_cycle[per_cycle["kl_k3"].notna() & (per_cycle["kl_k3"].astype(float) > 0)]
     if pc.empty:
@@ -53,7 +55,8 @@ def recommend(per_cycle: pd.DataFrame, per_step: pd.DataFrame, meta: dict[str, A
     multiplier = float(np.clip(raw, lo, hi))
     adv_std = per_step["adv_eff_std"].astype(float).dropna()
     adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
-    optimizer = next(iter(o.get("class") for o in meta.get("optimizers") or []), None)
+    actor_steps = steps[steps["holds_actor"].fillna(True).astype(bool)]
+    optimizer = str(actor_steps["optimizer_class"].iloc[0]) if len(actor_steps) else None
     adaptive = optimizer in _ADAPTIVE
     lr_series = pc["lr"].astype(float).fillna(lr_now if np.isfinite(lr_now) else 1.0)
     schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, p)
