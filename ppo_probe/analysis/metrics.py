@@ -61,12 +61,16 @@ def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     update = update[update["step"].notna()]
     update["step"] = update["step"].astype("int64")
     weight = update["rows"].astype("float64")
-    update["w_entropy"] = update["entropy"] * weight
-    update["w_entropy_norm"] = update["entropy_norm"] * weight
-    update["w"] = weight
-    sums = update.groupby(STEP_KEY)[["w_entropy", "w_entropy_norm", "w"]].sum()
+    for column in ("entropy", "entropy_norm"):  # row-weighted means over defined values only
+        value = update[column].astype("float64")
+        update[f"w_{column}"] = (value * weight).fillna(0.0)
+        update[f"n_{column}"] = weight.where(value.notna(), 0.0)
+    sums = update.groupby(STEP_KEY)[["w_entropy", "n_entropy", "w_entropy_norm", "n_entropy_norm"]].sum()
     return pd.DataFrame(
-        {"entropy": sums["w_entropy"] / sums["w"], "entropy_norm": sums["w_entropy_norm"] / sums["w"]}
+        {
+            "entropy": sums["w_entropy"] / sums["n_entropy"].where(sums["n_entropy"] > 0),
+            "entropy_norm": sums["w_entropy_norm"] / sums["n_entropy_norm"].where(sums["n_entropy_norm"] > 0),
+        }
     )
 
 

@@ -12,13 +12,17 @@ PAIR_KEY = ["rank", "cycle", "actor", "fingerprint", "action"]
 
 
 def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
-    """The optimizer step each row's gradient fed: the first actor step at or after the row's
-    ``seq`` within the same rank and cycle; NA when the cycle ends first (e.g. a KL guard broke
-    the loop after computing the loss)."""
+    """The optimizer step each row's gradient fed: the first step of an optimizer holding actor
+    parameters (any step when none does) at or after the row's ``seq`` within the same rank and
+    cycle; NA when the cycle ends first (e.g. a KL guard broke the loop after computing the loss)."""
     out = np.full(len(frame), -1, dtype=np.int64)
-    actor_steps = steps[steps["holds_actor"].fillna(True).astype(bool)]
+    holds = steps["holds_actor"].fillna(True).astype(bool)
     for rank, rows in frame.groupby("rank", sort=False).indices.items():
-        own = actor_steps[actor_steps["rank"] == rank].sort_values("step")
+        mine = steps["rank"] == rank
+        # When no optimizer holds the actor (the actor-not-in-optimizer bug), the rows still fed
+        # whatever steps ran: resolve them to those rather than to nothing.
+        own = steps[mine & holds] if (mine & holds).any() else steps[mine]
+        own = own.sort_values("step")
         if own.empty:
             continue
         step_ids = own["step"].to_numpy(np.int64)

@@ -152,7 +152,13 @@ def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
         rows = np.array([dists[i].rows for i in indices])
         stats = _row_stats(torch.cat([dists[i].logits for i in indices])).cpu().numpy()
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
-        out[indices] = np.add.reduceat(stats, starts, axis=0) / rows[:, None]
+        # Mean over the rows where a statistic is defined: entropy / log K_eff is undefined on a
+        # row with one valid action, and must not blank out the whole distribution.
+        defined = np.isfinite(stats)
+        totals = np.add.reduceat(np.where(defined, stats, 0.0), starts, axis=0)
+        counts = np.add.reduceat(defined.astype(np.int64), starts, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[indices] = np.where(counts > 0, totals / counts, np.nan)
     return out
 
 
