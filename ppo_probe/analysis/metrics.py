@@ -9,11 +9,19 @@ from .formulas import clipped_by_ratio
 from .pairing import resolve_steps
 
 STEP_KEY = ["rank", "cycle", "step"]
+_STEP_COLUMNS = [
+    "rank", "cycle", "step", "epoch", "rows", "paired_rows", "match_rate", "kl_k1", "kl_k2",
+    "kl_k3", "kl_exact", "clip_fraction", "clip_fraction_grad", "ratio_mean",
+    "max_abs_log_ratio", "entropy", "entropy_norm", "adv_eff_mean", "adv_eff_std",
+    "grad_norm", "delta_norm", "lr", "optimizer_class",
+]  # fmt: skip
 
 
 def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip_coef: float) -> pd.DataFrame:
     """One row per optimizer step, over the update rows whose gradient fed that step."""
     rows = pairs[pairs["step"].notna()].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=_STEP_COLUMNS)
     rows["step"] = rows["step"].astype("int64")
     rows["clip_eps"] = clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef)
     rows["k1"] = -rows["log_ratio"]
@@ -41,13 +49,7 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
     table = table.join(_entropy_per_step(dists, steps), how="left")
     step_info = steps.set_index(["rank", "step"])[["lr", "grad_norm", "delta_norm", "optimizer_class"]]
     table = table.reset_index().merge(step_info, left_on=["rank", "step"], right_index=True, how="left")
-    order = [
-        "rank", "cycle", "step", "epoch", "rows", "paired_rows", "match_rate", "kl_k1", "kl_k2",
-        "kl_k3", "kl_exact", "clip_fraction", "clip_fraction_grad", "ratio_mean",
-        "max_abs_log_ratio", "entropy", "entropy_norm", "adv_eff_mean", "adv_eff_std",
-        "grad_norm", "delta_norm", "lr", "optimizer_class",
-    ]  # fmt: skip
-    table = table[order].sort_values(["rank", "step"]).reset_index(drop=True)
+    table = table[_STEP_COLUMNS].sort_values(["rank", "step"]).reset_index(drop=True)
     table["epoch"] = table["epoch"].astype("Int64")
     table["paired_rows"] = table["paired_rows"].fillna(0).astype("int64")
     return table

@@ -39,6 +39,9 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
 
 def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None) -> pd.DataFrame:
     """One row per update-phase log-prob row; ``paired`` says whether a sampling row matched."""
+    if not (samples["phase"] == "update").any():
+        # (pandas cannot group an empty frame of Arrow-backed strings)
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_PAIRS.items()})
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
     sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row", "dist_id"]]
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
@@ -72,12 +75,17 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
         pairs["new_row"].to_numpy(np.int64),
         pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
     )
-    columns = [
-        "rank", "cycle", "step", "epoch", "actor", "action", "fingerprint", "paired",
-        "old_logp", "new_logp", "log_ratio", "ratio", "k3", "grad_logp", "clipped", "adv_eff",
-        "kl_exact", "logit_scale", "call_rows", "seq", "dist_id", "old_dist_id", "multiplicity",
-    ]  # fmt: skip
-    return pairs[columns]
+    return pairs[list(_EMPTY_PAIRS)]
+
+
+_EMPTY_PAIRS = {
+    "rank": "Int32", "cycle": "Int32", "step": "Int64", "epoch": "int64", "actor": "object",
+    "action": "Int64", "fingerprint": "Int64", "paired": "bool", "old_logp": "float32",
+    "new_logp": "float32", "log_ratio": "float64", "ratio": "float64", "k3": "float64",
+    "grad_logp": "float32", "clipped": "boolean", "adv_eff": "float64", "kl_exact": "float64",
+    "logit_scale": "float64", "call_rows": "Int32", "seq": "Int32", "dist_id": "Int64",
+    "old_dist_id": "Int64", "multiplicity": "float64",
+}  # fmt: skip
 
 
 def compare_logits(

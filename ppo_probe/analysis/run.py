@@ -70,7 +70,8 @@ class Run:
 
     @cached_property
     def pairs(self) -> pd.DataFrame:
-        logits = self._tables["samples"].column("logits").combine_chunks()
+        column = self._tables["samples"].column("logits")
+        logits = column.combine_chunks() if column.num_chunks else None
         return build_pairs(self.samples, self.steps, logits)
 
     @property

@@ -1,0 +1,113 @@
+"""analyze(): settings from [tool.ppo_probe] and arguments, clip eps inference, report forms."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ppo_probe
+from ppo_probe.capture import session as session_module
+from trainers import BanditConfig, make_actor, train_bandit
+
+
+@pytest.fixture(scope="module")
+def clipped_run(tmp_path_factory):
+    """A bandit run whose lr makes PPO's clip (eps 0.2 in the trainer) active on many rows."""
+    cfg = BanditConfig(seed=11, lr=3e-2, epochs=4, cycles=4)
+    torch.manual_seed(11)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    out = tmp_path_factory.mktemp("clipped") / "run"
+    with ppo_probe.watch(actor, optim, out=out, strict=True) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    return w.path
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(text)
+    return path
+
+
+def test_clip_coef_is_inferred_from_zero_gradient_rows(clipped_run, tmp_path):
+    report = ppo_probe.analyze(clipped_run, pyproject=_config(tmp_path, ""))
+    assert report.settings["clip_coef_source"] == "inferred"
+    assert report.settings["clip_coef"] == pytest.approx(0.2)
+    assert report.per_cycle["clip_fraction"].max() > 0.05
+    # both definitions agree when eps is right: |r-1| > eps only on rows whose branch was clipped
+    # or that moved against their advantage
+    assert (report.per_step["clip_fraction_grad"] <= report.per_step["clip_fraction"] + 1e-9).all()
+
+
+def test_settings_come_from_pyproject_then_arguments(clipped_run, tmp_path):
+    config = _config(
+        tmp_path,
+        '[tool.ppo_probe]\ntarget_kl = 10.0\nclip_coef = 0.3\nignore = ["kl-sign-cancellation"]\n'
+        'severities = { "update-too-small" = "info" }\n',
+    )
+    report = ppo_probe.analyze(clipped_run, pyproject=config)
+    assert report.settings["target_kl"] == 10.0 and report.settings["clip_coef"] == 0.3
+    assert "kl-sign-cancellation" not in report.ids
+    small = report.diagnostics[report.diagnostics["id"] == "update-too-small"]
+    assert len(small) == 1 and small["severity"].iloc[0] == "info"
+    overridden = ppo_probe.analyze(clipped_run, pyproject=config, target_kl=0.02, ignore=[])
+    assert overridden.settings["target_kl"] == 0.02
+    assert "update-too-small" not in overridden.ids
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[tool.ppo_probe]\ntarget_kl = -1\n", "target_kl must be > 0"),
+        ('[tool.ppo_probe]\nignore = ["no-such-id"]\n', "unknown diagnostic ids"),
+        ("[tool.ppo_probe]\nbogus = 1\n", "unknown setting 'bogus'"),
+        ('[tool.ppo_probe]\nseverities = { "unpaired-samples" = "fatal" }\n', "severities must be one of"),
+        ("[tool.ppo_probe\n", "cannot read"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(clipped_run, tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        ppo_probe.analyze(clipped_run, pyproject=_config(tmp_path, text))
+
+
+def test_report_forms(clipped_run, tmp_path):
+    report = ppo_probe.analyze(clipped_run, pyproject=_config(tmp_path, ""))
+    payload = json.loads(json.dumps(report.to_dict()))
+    assert payload["paired_fraction"] == 1.0
+    assert [d["id"] for d in payload["diagnostics"]] == report.ids
+    assert len(payload["per_cycle"]) == len(report.per_cycle)
+    text = str(report)
+    assert "kl_k3" in text and "recommendation: lr" in text
+    rec = report.recommendation
+    assert rec["lr_multiplier"] == pytest.approx((0.02 / report.per_cycle["kl_k3"].median()) ** 0.5, rel=1e-6)
+    assert rec["lr"] == pytest.approx(3e-2 * rec["lr_multiplier"])
+    assert "Adam" in rec["rationale"] and "rl_games" in rec["rationale"]
+
+
+def test_probe_failures_are_reported_as_probe_degraded(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fingerprint failure")
+
+    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    cfg = BanditConfig(seed=12, cycles=2)
+    torch.manual_seed(12)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with pytest.warns(RuntimeWarning):
+        with ppo_probe.watch(actor, optim, out=tmp_path / "run") as w:
+            train_bandit(cfg, {"a": actor}, optim)
+    report = ppo_probe.analyze(w.path, pyproject=_config(tmp_path, ""))
+    degraded = report.diagnostics.set_index("id").loc["probe-degraded"]
+    assert degraded["severity"] == "info"
+    assert "Categorical capture failed" in degraded["evidence"] and "injected" in degraded["evidence"]
+
+
+def test_an_empty_run_analyzes_to_nothing(tmp_path):
+    with ppo_probe.watch(out=tmp_path / "empty"):
+        pass
+    report = ppo_probe.analyze(tmp_path / "empty", pyproject=_config(tmp_path, ""))
+    assert report.per_step.empty and report.per_cycle.empty
+    assert report.diagnostics.empty and report.ok and report.recommendation is None
+    assert "no update rows recorded" in str(report)
