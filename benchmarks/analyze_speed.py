@@ -1,0 +1,60 @@
+"""Time ``ppo_probe.analyze`` on a run of ~300k paired update rows (issue 3 target: < 3 s here).
+
+Usage: python benchmarks/analyze_speed.py [--pairs 300000] [--keep DIR]
+The run is produced by a real PPO loop (the contextual bandit of tests/trainers.py) under watch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import ppo_probe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from trainers import BanditConfig, make_actor, train_bandit  # noqa: E402
+
+
+def make_run(out: Path, pairs: int) -> Path:
+    batch, epochs = 4096, 4
+    cycles = max(1, -(-pairs // (batch * epochs)))
+    cfg = BanditConfig(seed=0, batch=batch, minibatch=512, epochs=epochs, cycles=cycles, lr=1e-3)
+    torch.manual_seed(0)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out=out) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    return w.path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=300_000)
+    parser.add_argument("--keep", type=Path, default=None, help="write (or reuse) the run here")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.keep or Path(tmp) / "run"
+        if not (out / "meta.json").exists():
+            start = time.perf_counter()
+            make_run(out, args.pairs)
+            print(f"wrote the run in {time.perf_counter() - start:.1f}s")
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            report = ppo_probe.analyze(out)
+            times.append(time.perf_counter() - start)
+        n = len(report.run.pairs)
+        best, median = min(times), sorted(times)[len(times) // 2]
+        print(f"analyze: {n} pairs, {len(report.per_step)} steps, {len(report.diagnostics)} findings")
+        print(f"time: median {median:.2f}s, best {best:.2f}s over {args.repeats} runs "
+              f"= {n / median:,.0f} pairs/s (target < 3 s for 300k pairs)")
+
+
+if __name__ == "__main__":
+    main()
