@@ -88,9 +88,9 @@ def test_report_forms(clipped_run, tmp_path):
 
 def test_probe_failures_are_reported_as_probe_degraded(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("injected fingerprint failure")
+        raise RuntimeError("injected capture failure")
 
-    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    monkeypatch.setattr(session_module.Session, "_keep_input", broken)
     cfg = BanditConfig(seed=12, cycles=2)
     torch.manual_seed(12)
     actor = make_actor(cfg)

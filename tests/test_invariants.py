@@ -98,13 +98,13 @@ def test_a_watch_object_is_entered_once(tmp_path):
 
 def test_failing_probe_never_reaches_the_trainer(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("injected fingerprint failure")
+        raise RuntimeError("injected capture failure")
 
-    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    monkeypatch.setattr(session_module.Session, "_keep_input", broken)
     cfg, reference, reference_optim = _bandit()
     train_bandit(cfg, {"a": reference}, reference_optim)
     cfg, actor, optim = _bandit()
-    with pytest.warns(RuntimeWarning, match="injected fingerprint failure") as caught:
+    with pytest.warns(RuntimeWarning, match="injected capture failure") as caught:
         with ppo_probe.watch(actor, optim, out=tmp_path / "run") as w:
             train_bandit(cfg, {"a": actor}, optim)
     assert len([c for c in caught if "injected" in str(c.message)]) == 1  # reported once
@@ -113,16 +113,16 @@ def test_failing_probe_never_reaches_the_trainer(tmp_path, monkeypatch):
     errors = ppo_probe.load(w.path).meta["probe_errors"]
     assert set(errors) == {"Categorical capture"}  # nothing downstream failed because of it
     assert errors["Categorical capture"]["count"] == cfg.cycles * (1 + cfg.epochs * 4)
-    assert "injected fingerprint failure" in errors["Categorical capture"]["message"]
+    assert "injected capture failure" in errors["Categorical capture"]["message"]
 
 
 def test_strict_reraises_probe_failures(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("injected fingerprint failure")
+        raise RuntimeError("injected capture failure")
 
-    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    monkeypatch.setattr(session_module.Session, "_keep_input", broken)
     cfg, actor, optim = _bandit()
-    with pytest.raises(RuntimeError, match="injected fingerprint failure"):
+    with pytest.raises(RuntimeError, match="injected capture failure"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True):
@@ -151,9 +151,9 @@ def test_watched_run_is_bit_identical(cartpole, tmp_path, explicit):
 
 def test_warnings_as_errors_still_never_reach_the_trainer(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("injected fingerprint failure")
+        raise RuntimeError("injected capture failure")
 
-    monkeypatch.setattr(session_module, "fingerprint_rows", broken)
+    monkeypatch.setattr(session_module.Session, "_keep_input", broken)
     cfg, actor, optim = _bandit()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # as `python -W error` would

@@ -37,3 +37,23 @@ def fingerprint_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     else:
         bits = flat.to(torch.int64)
     return (bits * _weights_for(bits.shape[1], bits.device)).sum(dim=1)
+
+
+@torch.no_grad()
+def fingerprint_many(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``fingerprint_rows`` of several [rows, width] inputs, hashed in one op per (width, kind,
+    device) group: the bulk form used off the training thread."""
+    out: list[torch.Tensor | None] = [None] * len(inputs)
+    groups: dict[tuple[int, bool, torch.device], list[int]] = {}
+    for i, x in enumerate(inputs):
+        kind = x.is_floating_point() or x.is_complex()
+        groups.setdefault((x.shape[1], kind, x.device), []).append(i)
+    for indices in groups.values():
+        parts = [inputs[i] if inputs[i].dtype != torch.bool else inputs[i].to(torch.int64) for i in indices]
+        if len({p.dtype for p in parts}) > 1:
+            parts = [p.to(torch.float32) if p.is_floating_point() else p.to(torch.int64) for p in parts]
+        joined = torch.cat(parts)
+        hashes = fingerprint_rows(joined, joined.shape[0]).split([p.shape[0] for p in parts])
+        for i, h in zip(indices, hashes):
+            out[i] = h
+    return out  # type: ignore[return-value]

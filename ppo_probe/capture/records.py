@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from ..storage.schema import SAMPLES
+from .fingerprint import fingerprint_many
 
 MASKED_LOGIT = -1e7  # normalized logits at or below this count as masked categories
 
@@ -44,7 +45,10 @@ class DistRecord:
     n_categories: int
     logits: torch.Tensor  # detached normalized logits, [rows, K]
     keep_logits: bool
-    fingerprint: torch.Tensor | None  # [rows] int64 on the logits' device
+    # The actor input rows, cloned when the Categorical was built ([rows, width]); hashed into
+    # ``fingerprint`` in bulk on the writer thread. Both None when there was no usable input.
+    fp_input: torch.Tensor | None
+    fingerprint: torch.Tensor | None
     logits_require_grad: bool
     input_mutated: bool
     gen: Generation
@@ -191,6 +195,15 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
     }
 
 
+def ensure_fingerprints(dists: list[DistRecord]) -> None:
+    """Hash the kept inputs of ``dists`` that have no fingerprint yet (writer thread only)."""
+    todo = list({id(d): d for d in dists if d.fingerprint is None and d.fp_input is not None}.values())
+    if not todo:
+        return
+    for d, h in zip(todo, fingerprint_many([d.fp_input for d in todo])):
+        d.fingerprint, d.fp_input = h, None
+
+
 def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
     return tensor if call.row_index is None else tensor[call.row_index]
 
@@ -207,6 +220,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
     """
     if not calls:
         return {name: [] for name in SAMPLES.names}, 0
+    ensure_fingerprints([c.dist for c in calls])
     counts = np.array([c.n for c in calls], dtype=np.int64)
 
     def per_call(values: list[Any]) -> np.ndarray:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from .entries import EntryTracker
-from .fingerprint import fingerprint_rows
 from .graph import graph_leaves
 from .records import CallRecord, DistRecord, Generation, StepRecord, dist_columns
 from .records import sample_columns, step_columns
@@ -26,7 +25,7 @@ _HARD_CAP = 8
 class Settings:
     keep_logits_max_k: int = 64
     flush_rows: int = 65_536
-    flush_logit_bytes: int = 64 * 2**20
+    flush_bytes: int = 64 * 2**20  # kept logits and input rows
     strict: bool = False
 
 
@@ -80,7 +79,7 @@ class Session:
         self._calls: list[CallRecord] = []
         self._steps: list[StepRecord] = []
         self._rows = 0
-        self._logit_bytes = 0
+        self._buffered_bytes = 0
         self._tensor_hooks: list[Any] = []
         self.counts = {
             "dists": 0,
@@ -171,12 +170,14 @@ class Session:
             logits = logits.reshape(rows, k)
 
         previous = self._dist_of.get(dist)  # a subclass re-running __init__ (e.g. masking)
+        fingerprint = None
         if previous is not None and previous.batch_shape == batch_shape:
             actor, entry_name = previous.actor, previous.entry
-            fingerprint, mutated = previous.fingerprint, previous.input_mutated
+            fp_input, fingerprint = previous.fp_input, previous.fingerprint
+            mutated = previous.input_mutated
         else:
             entry = self.entries.attribute(grad, torch.Size(batch_shape))
-            actor, entry_name, fingerprint, mutated = self._fingerprint(entry, rows)
+            actor, entry_name, fp_input, mutated = self._keep_input(entry, rows)
 
         if grad and param.requires_grad and self._graph_walked_cycle != self.cycle:
             self._graph_walked_cycle = self.cycle
@@ -194,6 +195,7 @@ class Session:
             n_categories=k,
             logits=logits,
             keep_logits=k <= self.settings.keep_logits_max_k,
+            fp_input=fp_input,
             fingerprint=fingerprint,
             logits_require_grad=bool(param.requires_grad),
             input_mutated=mutated,
@@ -205,14 +207,20 @@ class Session:
             self.counts["unattributed_dists"] += 1
         self._dist_of[dist] = record
         self._dists.append(record)
-        self._logit_bytes += logits.numel() * logits.element_size()
+        self._buffered_bytes += logits.numel() * logits.element_size()
+        if fp_input is not None:
+            self._buffered_bytes += fp_input.numel() * fp_input.element_size()
 
-    def _fingerprint(self, entry: Any, rows: int) -> tuple[str, str | None, Any, bool]:
+    def _keep_input(self, entry: Any, rows: int) -> tuple[str, str | None, Any, bool]:
+        """Clone the attributed input rows now (one op, no sync); they are hashed in bulk at the
+        flush, so a buffer the trainer overwrites later still pairs."""
         if entry is None:
             return "unattributed", None, None, False
         if entry.tensor._version != entry.version:  # changed in place between forward and here
             return entry.actor, entry.module, None, True
-        return entry.actor, entry.module, fingerprint_rows(entry.tensor, rows), False
+        with torch.no_grad():
+            kept = entry.tensor.detach().reshape(rows, -1).clone()
+        return entry.actor, entry.module, kept, False
 
     def _discover_actor(self, logits_param: torch.Tensor) -> None:
         for leaf in graph_leaves(logits_param):
@@ -335,7 +343,7 @@ class Session:
 
     def _maybe_flush(self, multiple: int) -> None:
         s = self.settings
-        if self._rows >= multiple * s.flush_rows or self._logit_bytes >= multiple * s.flush_logit_bytes:
+        if self._rows >= multiple * s.flush_rows or self._buffered_bytes >= multiple * s.flush_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -347,7 +355,7 @@ class Session:
         self._gen = Generation()
         self._calls, self._dists, self._steps = [], [], []
         self._rows = 0
-        self._logit_bytes = 0
+        self._buffered_bytes = 0
 
         def produce() -> dict[str, dict[str, Any]]:
             step_table, layer_table = step_columns(steps)
