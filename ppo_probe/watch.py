@@ -44,13 +44,12 @@ def _actors(actor: Actor) -> dict[str, nn.Module]:
     if isinstance(actor, nn.Module):
         return {"actor": actor}
     if isinstance(actor, Mapping):
+        if not actor or not all(isinstance(k, str) for k in actor):
+            raise TypeError("watch(actor=...) got an empty dict or non-string keys; "
+                            "pass {'agent_0': module, ...}")
         bad = {k: type(v).__name__ for k, v in actor.items() if not isinstance(v, nn.Module)}
-        if bad or not actor or not all(isinstance(k, str) for k in actor):
-            raise TypeError(
-                "watch(actor=...) takes a dict of str -> torch.nn.Module; "
-                f"got non-module values {bad}" if bad else "watch(actor=...) got an empty dict or "
-                "non-string keys; pass {'agent_0': module, ...}"
-            )
+        if bad:
+            raise TypeError(f"watch(actor=...) takes a dict of str -> torch.nn.Module; got {bad}")
         return dict(actor)
     raise TypeError(
         f"watch(actor=...) takes a torch.nn.Module, a dict of name -> Module, or None; "
