@@ -35,6 +35,12 @@ def test_every_update_row_pairs(cartpole, tmp_path, which):
     assert (run.pairs["call_rows"] == batch // cfg.num_minibatches).all()
     # the first step of every cycle sees the sampling policy unchanged: ratio == 1
     assert report.per_cycle["first_step_max_abs_log_ratio"].max() < 1e-6
+    # every optimized tensor has its own name, also in watch-everything mode (actor and critic
+    # are both nn.Sequential there and must not merge)
+    names = run.layers.groupby("step")["name"].agg(lambda n: n.nunique() == len(n))
+    assert names.all()
+    if which == "omitted":
+        assert {"Sequential.0.weight", "Sequential#1.0.weight"} <= set(run.layers["name"])
 
 
 def test_adv_eff_is_the_normalized_advantage(cartpole, tmp_path):

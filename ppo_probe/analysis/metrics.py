@@ -26,6 +26,7 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
     rows["clip_eps"] = clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef)
     rows["k1"] = -rows["log_ratio"]
     rows["k2"] = 0.5 * rows["log_ratio"] ** 2
+    rows["abs_log_ratio"] = rows["log_ratio"].abs()
     rows["clip_grad"] = rows["clipped"].astype("float64")  # NaN where no gradient arrived
     rows["paired_f"] = rows["paired"].astype("float64")
     paired = rows[rows["paired"]]
@@ -41,7 +42,7 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
         clip_fraction=("clip_eps", "mean"),
         clip_fraction_grad=("clip_grad", "mean"),
         ratio_mean=("ratio", "mean"),
-        max_abs_log_ratio=("log_ratio", lambda s: s.abs().max()),
+        max_abs_log_ratio=("abs_log_ratio", "max"),
         adv_eff_mean=("adv_eff", "mean"),
         adv_eff_std=("adv_eff", "std"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ class EntryTracker:
         self.depth = 0
         self.pending: deque[Entry] = deque(maxlen=64)
         self._last: Entry | None = None
+        # watch-everything mode: a distinct label per outermost module seen ("Sequential",
+        # "Sequential#1", ...), so that an actor and a critic of one class get different names
+        self.roots: dict[int, tuple[weakref.ref, str]] = {}
+        self._label_counts: dict[str, int] = {}
 
     def hooks_for(self, actor: str, module: nn.Module, name: str) -> tuple[Callable, Callable]:
         """Forward pre/post hooks for one module of actor ``actor``."""
@@ -71,7 +76,7 @@ class EntryTracker:
         def pre(mod: nn.Module, args: tuple) -> None:
             try:
                 if self.depth == 0:
-                    self._enter("auto", type(mod).__name__, first_tensor(args))
+                    self._enter("auto", self._root_label(mod), first_tensor(args))
             except Exception as exc:  # noqa: BLE001
                 self._on_error("forward hook", exc)
             self.depth += 1
@@ -80,6 +85,17 @@ class EntryTracker:
             self.depth = max(0, self.depth - 1)
 
         return pre, post
+
+    def _root_label(self, module: nn.Module) -> str:
+        known = self.roots.get(id(module))
+        if known is not None and known[0]() is module:
+            return known[1]
+        kind = type(module).__name__
+        n = self._label_counts.get(kind, 0)
+        self._label_counts[kind] = n + 1
+        label = kind if n == 0 else f"{kind}#{n}"
+        self.roots[id(module)] = (weakref.ref(module), label)
+        return label
 
     def _enter(self, actor: str, module: str, tensor: torch.Tensor | None) -> None:
         if tensor is None:

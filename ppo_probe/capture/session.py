@@ -70,7 +70,6 @@ class Session:
         self._names: dict[int, str] = {}
         self._module_params: set[int] = set()
         self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
-        self._auto_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._next_dist = 0
         self._next_call = 0
         # buffers
@@ -112,10 +111,11 @@ class Session:
 
     def param_name(self, p: torch.Tensor) -> str:
         name = self._names.get(id(p))
-        if name is None and self._auto_modules:
-            for module in list(self._auto_modules):
-                for sub, q in module.named_parameters():
-                    self._names.setdefault(id(q), f"{type(module).__name__}.{sub}")
+        if name is None and self.entries.roots:  # watch-everything mode: name by root label
+            for ref, label in list(self.entries.roots.values()):
+                module = ref()
+                for sub, q in module.named_parameters() if module is not None else ():
+                    self._names.setdefault(id(q), f"{label}.{sub}")
             name = self._names.get(id(p))
         if name is None:
             name = f"param{len(self._names)}[{'x'.join(map(str, p.shape))}]"
