@@ -4,7 +4,10 @@ For each task and starting lr: train under watch, take ``report.recommendation['
 again from scratch with it, and check the median per-cycle KL (k3, as SB3 logs it) of the rerun
 against [0.5, 2] x target. The same is done for the lr rl_games' adaptive rule would have ended at.
 
-Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seed 0]
+The model's slopes come from benchmarks/kl_vs_lr.py on seeds 0 and 1 of the same three tasks;
+this benchmark runs seeds 2 and 3, so it is held out in seed, not in task.
+
+Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 2 3]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 
 import ppo_probe
@@ -25,13 +29,18 @@ from example_overhead import load_example  # noqa: E402
 from trainers import BanditConfig, make_actor, train_bandit  # noqa: E402
 
 
-def run_cartpole(lr: float, seed: int, out: Path) -> Path:
+def run_cartpole(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1") -> Path:
     ex = load_example()
+    ex.make_env = lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
     cfg = ex.Config(seed=seed, total_timesteps=6144, learning_rate=lr)
     envs, agent, optimizer = ex.build(cfg)
     with ppo_probe.watch(agent, optimizer, out=out) as w:
         ex.train(cfg, envs, agent, optimizer)
     return w.path
+
+
+def run_acrobot(lr: float, seed: int, out: Path) -> Path:
+    return run_cartpole(lr, seed, out, env_id="Acrobot-v1")
 
 
 def run_bandit(lr: float, seed: int, out: Path) -> Path:
@@ -45,6 +54,7 @@ def run_bandit(lr: float, seed: int, out: Path) -> Path:
 
 
 TASKS = {"cartpole (CleanRL-style, Adam)": (run_cartpole, [1e-4, 3e-4, 1e-3]),
+         "acrobot (CleanRL-style, Adam)": (run_acrobot, [1e-4, 3e-4, 1e-3]),
          "bandit (Adam)": (run_bandit, [1e-4, 3e-4, 1e-3])}
 
 
@@ -56,29 +66,31 @@ def kl_of(path: Path, target: float) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-kl", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3],
+                        help="default 2 3: benchmarks/kl_vs_lr.py fits the model's slopes on seeds 0 and 1")
     args = parser.parse_args()
     target = args.target_kl
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for task, (run, lrs) in TASKS.items():
-            for i, lr in enumerate(lrs):
-                base = Path(tmp) / f"{run.__name__}-{i}"
-                kl0, rec = kl_of(run(lr, args.seed, base), target)
-                kl1, _ = kl_of(run(rec["lr"], args.seed, base.with_name(base.name + "-rec")), target)
-                rl_lr = rec["rl_games_lr_per_cycle"][-1]
-                kl2, _ = kl_of(run(rl_lr, args.seed, base.with_name(base.name + "-rlg")), target)
-                rows.append((task, lr, kl0, rec["lr"], kl1, rl_lr, kl2))
+        for seed in args.seeds:
+            for task, (run, lrs) in TASKS.items():
+                for i, lr in enumerate(lrs):
+                    base = Path(tmp) / f"{run.__name__}-{seed}-{i}"
+                    kl0, rec = kl_of(run(lr, seed, base), target)
+                    kl1, _ = kl_of(run(rec["lr"], seed, base.with_name(base.name + "-rec")), target)
+                    rl_lr = rec["rl_games_lr_per_cycle"][-1]
+                    kl2, _ = kl_of(run(rl_lr, seed, base.with_name(base.name + "-rlg")), target)
+                    rows.append((task, seed, lr, kl0, rec["lr"], kl1, rl_lr, kl2))
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
     print(f"target KL {target}; a rerun is on target when its median per-cycle KL is in "
           f"[{0.5 * target:.3g}, {2 * target:.3g}]")
-    print(f"| task | lr | KL | recommended lr | KL of rerun | on target | rl_games lr | KL of rerun | on target |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for task, lr, kl0, lr1, kl1, lr2, kl2 in rows:
-        print(f"| {task} | {lr:.3g} | {kl0:.3g} | {lr1:.3g} | {kl1:.3g} | {'yes' if inside(kl1) else 'no'} "
+    print("| task | seed | lr | KL | recommended lr | KL of rerun | on target | rl_games lr | KL of rerun | on target |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for task, seed, lr, kl0, lr1, kl1, lr2, kl2 in rows:
+        print(f"| {task} | {seed} | {lr:.3g} | {kl0:.3g} | {lr1:.3g} | {kl1:.3g} | {'yes' if inside(kl1) else 'no'} "
               f"| {lr2:.3g} | {kl2:.3g} | {'yes' if inside(kl2) else 'no'} |")
-    ours = sum(inside(r[4]) for r in rows)
-    theirs = sum(inside(r[6]) for r in rows)
+    ours = sum(inside(r[5]) for r in rows)
+    theirs = sum(inside(r[7]) for r in rows)
     print(f"recommended lr on target in {ours} of {len(rows)} cases ({ours / len(rows):.0%}); "
           f"rl_games' rule in {theirs} of {len(rows)} ({theirs / len(rows):.0%})")
 

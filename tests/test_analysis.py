@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ppo_probe
+from ppo_probe.analysis.recommend import KLModel
 from ppo_probe.capture import session as session_module
 from trainers import BanditConfig, make_actor, train_bandit
 
@@ -81,7 +82,11 @@ def test_report_forms(clipped_run, tmp_path):
     text = str(report)
     assert "kl_k3" in text and "recommendation: lr" in text
     rec = report.recommendation
-    assert rec["lr_multiplier"] == pytest.approx((0.02 / report.per_cycle["kl_k3"].median()) ** 0.5, rel=1e-6)
+    kl, knee = report.per_cycle["kl_k3"].median(), report.settings["clip_coef"] ** 2 / 8
+    # by hand: slope 2 up to the clip knee eps^2/8, slope 0.7 from there to the target
+    expected = (knee / kl) ** 0.5 * (0.02 / knee) ** (1 / 0.7) if kl < knee else (0.02 / kl) ** (1 / 0.7)
+    assert rec["lr_multiplier"] == pytest.approx(expected, rel=1e-6)
+    assert rec["kl_knee"] == pytest.approx(knee) and "clip knee" in rec["rationale"]
     assert rec["lr"] == pytest.approx(3e-2 * rec["lr_multiplier"])
     assert "Adam" in rec["rationale"] and "rl_games" in rec["rationale"]
 
@@ -111,3 +116,14 @@ def test_an_empty_run_analyzes_to_nothing(tmp_path):
     assert report.per_step.empty and report.per_cycle.empty
     assert report.diagnostics.empty and report.ok and report.recommendation is None
     assert "no update rows recorded" in str(report)
+
+
+@pytest.mark.parametrize("kl0", [1e-5, 0.004, 0.005, 0.02, 0.3])
+def test_kl_model_is_continuous_with_its_two_slopes(kl0):
+    model = KLModel(lr0=1e-3, kl0=kl0, knee=0.005)
+    assert model.kl_at(1e-3) == pytest.approx(kl0)
+    for kl in (1e-6, 0.001, 0.005, 0.01, 0.02, 1.0):
+        assert model.kl_at(model.lr_for(kl)) == pytest.approx(kl)
+    lr_knee = model.lr_for(0.005)
+    assert model.kl_at(lr_knee / 10) == pytest.approx(0.005 / 100)  # slope 2 below the knee
+    assert model.kl_at(lr_knee * 10) == pytest.approx(0.005 * 10**0.7)  # slope 0.7 above it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -11,27 +13,63 @@ from .config import Thresholds
 
 _ADAPTIVE = {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta"}
 LR_MULTIPLIER_RANGE = (0.01, 100.0)
+# KL ~ lr^P_BELOW below the clip knee and ~ lr^P_ABOVE above it: slopes of log KL on log lr
+# measured by benchmarks/kl_vs_lr.py (CartPole 1.98 / 0.50, Acrobot 0.75 above, bandit 1.99 /
+# 0.90; seeds 0 and 1, 1e-4..3e-2). Above the knee the clip stops the gradient of the rows that
+# moved furthest, so the KL responds far less to the lr.
+P_BELOW, P_ABOVE = 2.0, 0.7
+
+
+def clip_knee(clip_coef: float) -> float:
+    """The per-cycle KL where PPO's clip starts to bind: log-ratios spread ~ eps/2 give
+    k3 ~ (eps/2)^2 / 2 = eps^2 / 8 (0.005 at eps 0.2, where the measured curves bend)."""
+    return clip_coef**2 / 8.0
+
+
+@dataclass(frozen=True)
+class KLModel:
+    """log KL piecewise linear in log lr through one observed (lr0, kl0): slope ``p_below``
+    under ``knee`` and ``p_above`` over it (equal slopes: a single power law)."""
+
+    lr0: float
+    kl0: float
+    knee: float
+    p_below: float = P_BELOW
+    p_above: float = P_ABOVE
+
+    @property
+    def _log_lr_knee(self) -> float:
+        p = self.p_below if self.kl0 <= self.knee else self.p_above
+        return math.log(self.lr0) + (math.log(self.knee) - math.log(self.kl0)) / p
+
+    def kl_at(self, lr: float) -> float:
+        du = math.log(lr) - self._log_lr_knee
+        return self.knee * math.exp((self.p_below if du <= 0 else self.p_above) * du)
+
+    def lr_for(self, kl: float) -> float:
+        dv = math.log(kl) - math.log(self.knee)
+        return math.exp(self._log_lr_knee + dv / (self.p_below if dv <= 0 else self.p_above))
 
 
 def fit_exponent(per_cycle: pd.DataFrame) -> tuple[float, int]:
     """p in KL ~ lr^p fitted over cycles where the lr varied (>= 3 cycles spanning >= 20%);
-    returns (2.0, 0) when it cannot be fitted (the local quadratic model)."""
+    returns (nan, 0) when it cannot be fitted."""
     pc = per_cycle[["lr", "kl_k3"]].astype(float).dropna()
     pc = pc[(pc["lr"] > 0) & (pc["kl_k3"] > 0)]
     if len(pc) < 3 or pc["lr"].max() < 1.2 * pc["lr"].min():
-        return 2.0, 0
+        return float("nan"), 0
     slope = float(np.polyfit(np.log(pc["lr"]), np.log(pc["kl_k3"]), 1)[0])
     return float(np.clip(slope, 0.5, 4.0)), len(pc)
 
 
-def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, p: float) -> list[float]:
+def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, model: KLModel) -> list[float]:
     """lr per cycle had rl_games' adaptive schedule run this trainer: /1.5 when the cycle's KL is
     above 2 x target, x1.5 below 0.5 x target. The KL each cycle would have had is modelled from
-    the observed one as KL x (lr_rule / lr_observed)^p."""
+    the observed one with ``model``'s slopes."""
     lrs: list[float] = []
     current = float(lr.iloc[0])
     for observed_kl, observed_lr in zip(kl, lr):
-        modelled = observed_kl * (current / observed_lr) ** p
+        modelled = replace(model, lr0=float(observed_lr), kl0=float(observed_kl)).kl_at(current)
         if modelled > 2 * target:
             current /= 1.5
         elif modelled < 0.5 * target:
@@ -41,7 +79,12 @@ def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, p: float) -> list
 
 
 def recommend(
-    per_cycle: pd.DataFrame, per_step: pd.DataFrame, steps: pd.DataFrame, meta: dict[str, Any], t: Thresholds
+    per_cycle: pd.DataFrame,
+    per_step: pd.DataFrame,
+    steps: pd.DataFrame,
+    meta: dict[str, Any],
+    t: Thresholds,
+    clip_coef: float,
 ) -> dict[str, Any] | None:
     """lr, lr_multiplier, adv_scale and a rationale citing the numbers used; None without data."""
     pc = per_cycle[per_cycle["kl_k3"].notna() & (per_cycle["kl_k3"].astype(float) > 0)]
@@ -49,9 +92,17 @@ def recommend(
         return None
     kl = float(pc["kl_k3"].astype(float).median())
     lr_now = float(pc["lr"].astype(float).iloc[-1]) if pc["lr"].notna().any() else float("nan")
+    knee = clip_knee(clip_coef)
     p, fitted_on = fit_exponent(per_cycle)
+    if fitted_on:
+        kl_model = KLModel(1.0, kl, knee, p, p)
+        model = f"KL ~ lr^{p:.2f}, fitted over {fitted_on} cycles where the lr varied"
+    else:
+        kl_model = KLModel(1.0, kl, knee)
+        model = (f"KL ~ lr^{P_BELOW:g} below the clip knee eps^2/8 = {knee:.3g} (eps {clip_coef:g}) "
+                 f"and ~ lr^{P_ABOVE:g} above it, where the clip holds the KL back")
     lo, hi = LR_MULTIPLIER_RANGE
-    raw = (t.target_kl / kl) ** (1.0 / p)
+    raw = kl_model.lr_for(t.target_kl)  # lr0 = 1: the model's lr is the multiplier
     multiplier = float(np.clip(raw, lo, hi))
     adv_std = per_step["adv_eff_std"].astype(float).dropna()
     adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
@@ -59,9 +110,7 @@ def recommend(
     optimizer = str(actor_steps["optimizer_class"].iloc[0]) if len(actor_steps) else None
     adaptive = optimizer in _ADAPTIVE
     lr_series = pc["lr"].astype(float).fillna(lr_now if np.isfinite(lr_now) else 1.0)
-    schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, p)
-    model = (f"KL ~ lr^{p:.2f} fitted over {fitted_on} cycles where the lr varied" if fitted_on
-             else "KL ~ lr^2 (the lr did not vary over the run, so the local quadratic model is used)")
+    schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, kl_model)
     clamp = f", clamped from {raw:.3g} to [{lo}, {hi}]" if raw != multiplier else ""
     if adaptive:
         optim_note = (f"{optimizer} normalizes the gradient scale, so the step hardly depends on the "
@@ -88,7 +137,8 @@ def recommend(
         "lr_multiplier": multiplier,
         "adv_scale": adv_scale if np.isfinite(adv_scale) else None,
         "kl_per_cycle_median": kl,
-        "kl_exponent": p,
+        "kl_exponent": p if fitted_on else None,
+        "kl_knee": knee,
         "optimizer": optimizer,
         "rl_games_lr_per_cycle": schedule,
         "rationale": rationale,

@@ -201,6 +201,6 @@ def analyze(
         per_step=steps_table,
         per_cycle=cycles,
         diagnostics=diagnostics,
-        recommendation=recommend(cycles, steps_table, run.steps, run.meta, t),
+        recommendation=recommend(cycles, steps_table, run.steps, run.meta, t, eps),
         settings=settings,
     )
