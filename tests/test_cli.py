@@ -1,29 +1,54 @@
-"""The ``ppo-probe`` console script, driven in a subprocess as a user would."""
+"""The ``ppo-probe`` console script, driven in a subprocess as a user (or pre-commit) would."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 import ppo_probe
 from trainers import BanditConfig, make_actor, train_bandit
+from zoo import run_case
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ppo_probe", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ppo_probe", *args], capture_output=True, text=True, timeout=300,
+        cwd=cwd or ROOT,
     )
+
+
+def _bug_script(tmp_path: Path, case: str) -> Path:
+    """An ordinary training script (no ppo_probe in it) with the zoo's bug ``case`` injected."""
+    script = tmp_path / f"train_{case}.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "import zoo\n"
+        "if __name__ == '__main__':\n"
+        f"    bugs = zoo._CLEANRL[{case!r}]\n"
+        "    cfg = zoo.Config(seed=int(sys.argv[1]))\n"
+        "    envs, agent, optim = zoo.build(cfg, bugs)\n"
+        "    zoo.train(cfg, bugs, envs, agent, optim)\n"
+    )
+    return script
 
 
 def test_console_script_is_installed():
     assert shutil.which("ppo-probe") is not None
-    assert "report" in subprocess.run(["ppo-probe", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ppo-probe", "--help"], capture_output=True, text=True).stdout
+    assert all(command in out for command in ("report", "check", "run"))
 
 
-def test_report_prints_the_per_cycle_table(tmp_path):
+def test_report_prints_findings_cycles_and_recommendation(tmp_path):
     cfg = BanditConfig(seed=3, cycles=3)
     torch.manual_seed(3)
     actor = make_actor(cfg)
@@ -32,18 +57,108 @@ def test_report_prints_the_per_cycle_table(tmp_path):
         train_bandit(cfg, {"a": actor}, optim)
     result = _cli("report", str(w.path))
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    header = next(line for line in lines if "kl_k3" in line)
+    out = result.stdout
+    assert "paired 100.0% of 2304 update rows; 3 cycles" in out
+    header = next(line for line in out.splitlines() if "kl_k3" in line)
     assert header.split()[:2] == ["cycle", "n_steps"]
-    rows = lines[lines.index(header) + 1 : lines.index(header) + 4]
-    assert [r.split()[0] for r in rows] == ["0", "1", "2"]
-    assert "paired 2304 (100.0%)" in result.stdout
+    assert "recommendation: lr" in out and "Adam" in out
+    assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
 
 
-def test_unreadable_run_exits_2_without_traceback(tmp_path):
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "notes.txt").write_text("hello")
-    result = _cli("report", str(tmp_path / "junk"))
-    assert result.returncode == 2
+def test_healthy_example_run_exits_0_and_removes_its_temporary_run():
+    result = _cli("run", "--max-steps", "40", "examples/cartpole_ppo.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stopped after 40 optimizer steps" in result.stderr
+    assert result.stdout.strip().endswith("none at or above error: ok")
+    run_dir = Path(result.stderr.split("run written to ")[1].split()[0])
+    assert not run_dir.exists()  # a passing check leaves nothing behind
+    assert not (ROOT / "ppo_probe_runs").exists() or not any((ROOT / "ppo_probe_runs").iterdir())
+
+
+def test_run_with_an_injected_bug_exits_1_and_keeps_the_run(tmp_path):
+    script = _bug_script(tmp_path, "entropy_sign")
+    out = tmp_path / "run"
+    result = _cli("run", "--out", str(out), "--max-steps", "48", str(script), "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL error    entropy-bonus-sign" in result.stdout
+    assert (out / "meta.json").is_file() and ppo_probe.load(out).meta["status"] == "interrupted: StopTraining"
+    assert len(ppo_probe.load(out).steps) == 48  # the step that stopped it is recorded too
+
+
+@pytest.mark.parametrize("case, expected", [("detached_logits", "logprob-detached"),
+                                            ("old_logp_with_grad", "logprob-grads-cancel")])
+def test_check_exits_1_and_prints_the_id(tmp_path, case, expected):
+    run = run_case(case, tmp_path / case)
+    result = _cli("check", str(run))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error    {expected}:" in result.stdout and expected in result.stdout.splitlines()[-1]
+
+
+def test_check_json_parses_and_fail_on_and_ignore_work(tmp_path):
+    run = run_case("sum_reduction", tmp_path / "run")  # a warning-level bug
+    result = _cli("check", str(run), "--format", "json")
+    assert result.returncode == 0, result.stderr  # default fail-on is error
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == 0 and doc["fail_on"] == "error" and doc["failing"] == []
+    ids = [d["id"] for d in doc["diagnostics"]]
+    assert "loss-sum-reduction" in ids and doc["recommendation"]["lr"] > 0
+
+    result = _cli("check", str(run), "--fail-on", "warning", "--format", "json")
+    assert result.returncode == 1
+    assert "loss-sum-reduction" in json.loads(result.stdout)["failing"]
+
+    warnings = [d["id"] for d in doc["diagnostics"] if d["severity"] == "warning"]
+    ignored = [arg for i in warnings for arg in ("--ignore", i)]
+    result = _cli("check", str(run), "--fail-on", "warning", *ignored)
+    assert result.returncode == 0, result.stdout
+
+
+def test_pyproject_settings_apply_and_flags_override(tmp_path):
+    run = run_case("sum_reduction", tmp_path / "run")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[tool.ppo_probe]\nfail_on = "warning"\n')
+    assert _cli("check", str(run), cwd=project).returncode == 1
+    assert _cli("check", str(run), "--fail-on", "error", cwd=project).returncode == 0
+    (project / "pyproject.toml").write_text('[tool.ppo_probe]\nfail_on = "loud"\n')
+    result = _cli("check", str(run), cwd=project)
+    assert result.returncode == 2 and "fail_on must be one of" in result.stderr
     assert "Traceback" not in result.stderr
-    assert "not a ppo_probe run" in result.stderr and str(tmp_path / "junk") in result.stderr
+
+
+def test_run_module_passes_its_arguments(tmp_path):
+    (tmp_path / "bugmod.py").write_text(_bug_script(tmp_path, "healthy").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "ppo_probe", "run", "--max-steps", "20", "--out", str(tmp_path / "run"),
+         "-m", "bugmod", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ppo_probe.load(tmp_path / "run").meta["status"] == "interrupted: StopTraining"
+
+
+def test_a_crashing_script_exits_1_with_its_traceback(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("raise RuntimeError('the trainer broke')\n")
+    result = _cli("run", "--out", str(tmp_path / "run"), str(script))
+    assert result.returncode == 1
+    assert "RuntimeError: the trainer broke" in result.stderr  # the user's own traceback
+
+
+@pytest.mark.parametrize("args, message", [
+    (("check", "{junk}"), "not a ppo_probe run"),
+    (("report", "{junk}"), "not a ppo_probe run"),
+    (("check", "{missing}"), "no such file or directory"),
+    (("run", "{missing}"), "no such script"),
+    (("run",), "exactly one of SCRIPT"),
+    (("run", "--max-steps", "0", "x.py"), "--max-steps must be >= 1"),
+])  # fmt: skip
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    missing = tmp_path / "missing"
+    result = _cli(*(a.format(junk=junk, missing=missing) for a in args))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

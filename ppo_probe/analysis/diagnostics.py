@@ -585,6 +585,8 @@ def check_kl_sign_cancellation(ctx: Context):
 @diagnostic("kl-early-stop", "info", "A KL guard stops the update epochs early")
 def check_kl_early_stop(ctx: Context):
     pc = ctx.per_cycle
+    if str(ctx.meta.get("status", "complete")) != "complete":
+        pc = pc.iloc[:-1]  # the run was interrupted: its last cycle is cut, not guarded
     if len(pc) < 2:
         return None
     usual = int(pc["n_steps"].max())
