@@ -107,6 +107,12 @@ class Report:
         }
         return json.loads(json.dumps(payload, default=_json_default))
 
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML report (plots embedded, no JavaScript; needs matplotlib)."""
+        from ..html import write_html
+
+        return write_html(self, path)
+
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
