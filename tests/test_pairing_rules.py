@@ -143,3 +143,18 @@ def test_tensors_written_in_place_after_log_prob_are_counted_not_mispaired(tmp_p
     sampling = run.samples[run.samples["phase"] == "sampling"]
     assert sampling["fingerprint"].isna().all()
     assert len(run.pairs) == 16 and not run.pairs["paired"].any()
+
+
+def test_every_actor_of_a_dict_is_found_to_feed_its_logits(tmp_path):
+    """The logits' graph is walked once per actor and cycle, not once per cycle: the second
+    actor's parameters feed logits too."""
+    from zoo import MappoConfig, make_mappo_actors, train_mappo
+
+    cfg = MappoConfig(cycles=2)
+    actors = make_mappo_actors(cfg)
+    optim = torch.optim.Adam([p for a in actors.values() for p in a.parameters()], lr=cfg.lr)
+    with ppo_probe.watch(actors, optim, out=tmp_path / "run") as w:
+        train_mappo(cfg, actors, optim)
+    params = ppo_probe.load(w.path).meta["actor_params"]
+    assert len(actors) == 2 and len(params) == sum(len(list(a.parameters())) for a in actors.values())
+    assert all(p["feeds_logits"] for p in params), [p["name"] for p in params if not p["feeds_logits"]]

@@ -64,7 +64,7 @@ class Session:
         self.seq = 0  # optimizer steps taken so far, all watched optimizers
         self.steps_in_cycle = 0
         self.seen_sample = False
-        self._graph_walked_cycle = -1
+        self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
         self._dist_of: weakref.WeakKeyDictionary[Any, DistRecord] = weakref.WeakKeyDictionary()
         self._names: dict[int, str] = {}
@@ -179,8 +179,8 @@ class Session:
             entry = self.entries.attribute(grad, torch.Size(batch_shape))
             actor, entry_name, fp_input, mutated = self._keep_input(entry, rows)
 
-        if grad and param.requires_grad and self._graph_walked_cycle != self.cycle:
-            self._graph_walked_cycle = self.cycle
+        if grad and param.requires_grad and self._graph_walked.get(actor) != self.cycle:
+            self._graph_walked[actor] = self.cycle  # once per actor and cycle
             self._discover_actor(param)
 
         record = DistRecord(
