@@ -269,7 +269,7 @@ def _step_limit(max_steps: int | None) -> Iterator[list[int]]:
     if show:
         from rich.console import Console
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, highlight=False)
 
     def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
         count[0] += 1

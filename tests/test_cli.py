@@ -162,3 +162,34 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path):
+    """On a terminal (a pty) `run` counts optimizer steps on stderr; piped, it prints one line."""
+    import os
+    import pty
+
+    script = _bug_script(tmp_path, "healthy")
+    args = [sys.executable, "-m", "ppo_probe", "run", "--out", str(tmp_path / "run"), "--max-steps", "30",
+            str(script), "0"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=follower, cwd=ROOT)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the pty closes when the process exits
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    assert b"optimizer step 30/30" in seen
+
+    piped = _cli("run", "--out", str(tmp_path / "run2"), "--max-steps", "30", str(script), "0")
+    assert piped.returncode == 0
+    assert "optimizer step 10" not in piped.stderr
+    assert piped.stderr.strip().splitlines() == [f"ppo-probe: stopped after 30 optimizer steps (--max-steps); "
+                                                 f"run written to {tmp_path / 'run2'}"]
