@@ -162,7 +162,10 @@ class Watch:
             for table in TABLES:
                 shutil.rmtree(path / table, ignore_errors=True)
             (path / "meta.json").unlink()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # at entry, before any training step: a clear error, not a blind run
+            raise OSError(exc.errno, f"ppo_probe: cannot create the run directory {path}: {exc.strerror}") from None
 
     def _attach_modules(self, stack: ExitStack, session: Session) -> None:
         tracker = session.entries
