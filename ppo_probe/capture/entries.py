@@ -113,11 +113,13 @@ class EntryTracker:
 
     def attribute(self, grad_enabled: bool, batch_shape: torch.Size) -> Entry | None:
         n = len(batch_shape)
-        candidates = [
-            e
-            for e in self.pending
-            if e.grad_enabled == grad_enabled and tuple(e.tensor.shape[:n]) == tuple(batch_shape)
-        ]
+        same_phase = [e for e in self.pending if e.grad_enabled == grad_enabled]
+        candidates = [e for e in same_phase if tuple(e.tensor.shape[:n]) == tuple(batch_shape)]
+        if not candidates and n:
+            # logits reshaped between the forward and the distribution ([B*T, D] in, [B, T, K]
+            # out): row-major rows still correspond one to one when the row counts agree
+            rows = batch_shape.numel()
+            candidates = [e for e in same_phase if e.tensor.dim() >= 2 and e.tensor.shape[:-1].numel() == rows]
         self.pending.clear()
         if grad_enabled:
             plain = [e for e in candidates if not e.requires_grad]
