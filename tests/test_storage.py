@@ -171,3 +171,35 @@ def test_sigkill_at_random_points_never_leaves_a_half_written_file(tmp_path):
         run = ppo_probe.load(out)
         assert run.meta["status"] == "running"  # killed before its exit
         ppo_probe.analyze(run)  # works on whatever was flushed, even nothing
+
+
+@pytest.mark.parametrize("kind", ["garbage bytes", "foreign schema"])
+def test_a_foreign_or_corrupt_part_is_one_clear_error(small_run, tmp_path, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = _copy(small_run, tmp_path / "copy")
+    bad = run / "samples" / "rank=0" / "part-09999.parquet"
+    if kind == "garbage bytes":
+        bad.write_bytes(os.urandom(4096))
+    else:
+        pq.write_table(pa.table({"user_id": [1, 2], "comment": ["a", "b"]}), bad)
+    with pytest.raises(RunFormatError) as info:
+        ppo_probe.load(run)
+    assert str(bad) in str(info.value)
+    result = subprocess.run([sys.executable, "-m", "ppo_probe", "check", str(run)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and str(bad) in result.stderr
+
+
+def test_no_pickle_anywhere_in_the_format(small_run):
+    import pyarrow.parquet as pq
+
+    for path in small_run.rglob("*"):
+        if path.suffix == ".parquet":
+            assert path.read_bytes()[:4] == b"PAR1"
+            metadata = pq.read_schema(path).metadata or {}
+            assert b"pandas" not in metadata  # no pandas blob; plain Arrow types only
+        elif path.is_file():
+            assert path.name == "meta.json"
+            json.loads(path.read_text())
