@@ -145,3 +145,31 @@ def test_out_of_range_action_is_the_trainers_own_error(tmp_path):
     assert str(plain.value) == str(raised.value)
     run = ppo_probe.load(tmp_path / "run")
     assert run.meta["status"].startswith("interrupted") and not run.meta.get("probe_errors")
+
+
+@pytest.mark.parametrize("watched", ["compiled module", "original module"])
+def test_a_torch_compiled_actor(tmp_path, watched):
+    """torch.compile'd actor on CPU: watching either the compiled wrapper or the module it wraps
+    pairs every row (the forward hooks are honoured by dynamo)."""
+    torch.manual_seed(0)
+    actor = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, K))
+    compiled = torch.compile(actor)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-2)
+    target = compiled if watched == "compiled module" else actor
+    gen = torch.Generator().manual_seed(0)
+    with ppo_probe.watch(target, optim, out=tmp_path / "run") as w:
+        for _ in range(3):
+            obs = torch.randn(B, D, generator=gen)
+            with torch.no_grad():
+                dist = Categorical(logits=compiled(obs))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            for _ in range(2):
+                new = Categorical(logits=compiled(obs)).log_prob(action)
+                loss = -((new - old).exp() * torch.randn(B, generator=gen)).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    run = ppo_probe.load(w.path)
+    assert not run.meta.get("probe_errors") and run.paired_fraction == 1.0
+    assert len(run.steps) == 6
