@@ -93,6 +93,11 @@ class Watch:
         flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
         overwrite: allow ``out`` to hold an earlier run; its tables are deleted first.
         strict: re-raise failures of the probe itself instead of counting them (for tests).
+
+    An ``out`` that cannot be created or written (permissions, a read-only or full disk) does not
+    stop the training: one RuntimeWarning says so, the body runs unwatched, and ``recording`` is
+    False (with ``strict=True`` it is an OSError instead). An ``out`` that is a file, or holds a
+    run without ``overwrite``, is a FileExistsError at entry.
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class Watch:
         self._writer: RunWriter | None = None
         self._used = False
         self._meta: dict[str, Any] = {}
+        self.recording = True  # False when the run directory could not be written at entry
         self._body_raised = False
 
     # ---------------------------------------------------------------- entering
@@ -132,14 +138,25 @@ class Watch:
         self._used = True
         self._prepare_dir()
         rank, world = _rank()
+        self._meta = self._start_meta(rank, world)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path / "meta.json", self._meta)
+        except OSError as exc:
+            if self.settings.strict:
+                raise OSError(exc.errno, f"ppo_probe: cannot write the run directory {self.path}: "
+                              f"{exc.strerror}") from None
+            # Nothing can be recorded; the training must not suffer for it (DESIGN invariant 1).
+            _warn(f"ppo_probe: cannot write the run directory {self.path} ({exc.strerror or exc}); "
+                  "training continues unrecorded")
+            self.recording = False
+            return self
         stack = ExitStack()
         try:
             writer = RunWriter(self.path, rank, self._writer_failed)
             self._writer = writer
             session = Session(self.settings, writer.submit, _warn)
             self.session = session
-            self._meta = self._start_meta(rank, world)
-            write_json_atomic(self.path / "meta.json", self._meta)
             stack.callback(self._finish)  # runs last: flush, join the writer, final meta.json
             stack.enter_context(categorical.attach(session))
             self._attach_modules(stack, session)
@@ -162,10 +179,6 @@ class Watch:
             for table in TABLES:
                 shutil.rmtree(path / table, ignore_errors=True)
             (path / "meta.json").unlink()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # at entry, before any training step: a clear error, not a blind run
-            raise OSError(exc.errno, f"ppo_probe: cannot create the run directory {path}: {exc.strerror}") from None
 
     def _attach_modules(self, stack: ExitStack, session: Session) -> None:
         tracker = session.entries

@@ -15,7 +15,11 @@ from ppo_probe.capture import optim as optim_module
 from ppo_probe.capture import records as records_module
 from ppo_probe.capture import session as session_module
 from ppo_probe.storage import writer as writer_module
+from torch.distributions import Categorical
+
 from trainers import BanditConfig, make_actor, train_bandit
+
+_CATEGORICAL_INIT = Categorical.__init__
 
 
 def _raise(*args, **kwargs):
@@ -74,10 +78,15 @@ def test_a_fault_never_reaches_the_trainer(tmp_path, monkeypatch, name, owner, a
     assert len(degraded) == 1 and recorded in degraded["evidence"].iloc[0]
 
 
-def test_an_output_directory_that_cannot_be_created_is_a_clear_error_before_training(tmp_path):
-    """Nothing can be recorded there, so watch() refuses at entry, before any training step,
-    rather than training blind; the trainer's own code never runs inside a broken watch."""
+def test_an_output_directory_that_cannot_be_created_leaves_training_untouched(tmp_path):
+    """Nothing can be recorded there: one warning, the training runs exactly as unwatched, and
+    the watch says it did not record."""
+    reference, _ = _train()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match="ppo_probe"):
-        _train(blocker / "run")
+    with pytest.warns(RuntimeWarning, match="cannot write the run directory .* training continues unrecorded"):
+        actor, w = _train(blocker / "run")
+    assert w.recording is False
+    for p, q in zip(actor.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert Categorical.__init__ is _CATEGORICAL_INIT  # nothing was patched
