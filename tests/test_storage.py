@@ -203,3 +203,22 @@ def test_no_pickle_anywhere_in_the_format(small_run):
         elif path.is_file():
             assert path.name == "meta.json"
             json.loads(path.read_text())
+
+
+def test_duckdb_reads_the_run_as_it_is(small_run):
+    """The run is a plain hive-partitioned dataset: DuckDB reads every table with no ppo_probe code,
+    rank as a partition column, and agrees with load()."""
+    duckdb = pytest.importorskip("duckdb")
+    run = ppo_probe.load(small_run)
+    con = duckdb.connect()
+    for table, frame in (("samples", run.samples), ("steps", run.steps), ("layers", run.layers)):
+        glob = str(small_run / table / "*" / "*.parquet")
+        rows, ranks = con.execute(
+            f"SELECT count(*), list(DISTINCT rank) FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchone()
+        assert rows == len(frame) > 0 and [int(r) for r in ranks] == [0]
+    kl = con.execute(
+        "SELECT cycle, avg(grad_norm) FROM read_parquet(?, hive_partitioning = true) GROUP BY cycle ORDER BY cycle",
+        [str(small_run / "steps" / "*" / "*.parquet")],
+    ).fetchall()
+    assert [c for c, _ in kl] == sorted(run.steps["cycle"].unique().tolist())
