@@ -178,3 +178,18 @@ def test_bad_watch_arguments_are_clear_errors(tmp_path, kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         ppo_probe.watch(out=tmp_path / "run", **kwargs)
     _assert_no_trace([], torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+
+
+def test_nested_watches_on_different_actors_each_keep_their_own(tmp_path):
+    cfg = BanditConfig(seed=5, cycles=2)
+    torch.manual_seed(5)
+    actors = {"a": make_actor(cfg), "b": make_actor(cfg)}
+    optim = torch.optim.Adam([p for m in actors.values() for p in m.parameters()], lr=cfg.lr)
+    with ppo_probe.watch(actors["a"], optim, out=tmp_path / "a", strict=True) as wa:
+        with ppo_probe.watch(actors["b"], optim, out=tmp_path / "b", strict=True) as wb:
+            train_bandit(cfg, actors, optim)
+    for w in (wa, wb):
+        run = ppo_probe.load(w.path)
+        attributed = run.pairs[run.pairs["actor"] != "unattributed"]
+        assert len(attributed) == cfg.cycles * cfg.epochs * cfg.batch  # its own actor's rows only
+        assert attributed["paired"].all()

@@ -57,3 +57,41 @@ def test_ratio_identities(new, old, eps):
     clipped = clipped_by_ratio(terms["ratio"], eps)
     far = np.abs(np.abs(terms["ratio"] - 1) - eps) > 1e-6
     np.testing.assert_array_equal(clipped[far], (np.abs(terms["ratio"] - 1) > eps)[far])
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(2, 48), minibatches=st.integers(1, 4), epochs=st.integers(1, 3),
+       distinct=st.integers(1, 48), k=st.integers(2, 6), seed=st.integers(0, 2**16))
+def test_pairing_holds_for_any_batching_and_duplicates(tmp_path_factory, batch, minibatches, epochs,
+                                                       distinct, k, seed):
+    """A real watched PPO loop with random batch / minibatch / epoch counts and observations
+    drawn from few distinct rows (duplicates): every update row pairs, and before the first
+    optimizer step every ratio is exactly 1."""
+    import ppo_probe
+
+    gen = torch.Generator().manual_seed(seed)
+    actor = torch.nn.Linear(3, k)
+    optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+    out = tmp_path_factory.mktemp("prop") / "run"
+    with ppo_probe.watch(actor, optim, out=out, strict=True):
+        for _cycle in range(2):
+            pool = torch.randn(min(distinct, batch), 3, generator=gen)
+            obs = pool[torch.randint(len(pool), (batch,), generator=gen)]
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            size = max(1, batch // minibatches)
+            for _ in range(epochs):
+                perm = torch.randperm(batch, generator=gen)
+                for start in range(0, batch, size):
+                    idx = perm[start:start + size]
+                    new = Categorical(logits=actor(obs[idx])).log_prob(action[idx])
+                    loss = -((new - old[idx]).exp() * torch.randn(len(idx), generator=gen)).mean()
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step()
+    pairs = ppo_probe.load(out).pairs
+    assert len(pairs) == 2 * epochs * batch and pairs["paired"].all()
+    first = pairs[pairs["step"] == pairs.groupby("cycle")["step"].transform("min")]
+    assert (first["log_ratio"] == 0).all()
