@@ -27,6 +27,7 @@ from . import __version__
 from .analysis.config import SEVERITIES, find_pyproject, read_table
 from .analysis.report import Report, analyze
 from .errors import RunFormatError
+from .watch import watch
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
 _RANK = {severity: rank for rank, severity in enumerate(reversed(SEVERITIES))}  # info 0 < warning 1 < error 2
@@ -303,8 +304,6 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"no such script: {script}")
     table = _settings_table()
     fail_on = _fail_on(args, table)
-    from . import watch  # torch is imported only for `run`
-
     temporary = args.out is None
     out = Path(tempfile.mkdtemp(prefix="ppo-probe-run-")) / "run" if temporary else args.out
     # Watches the script opens itself (nested) write beside ours, not into the user's tree.
