@@ -148,9 +148,14 @@ def test_out_of_range_action_is_the_trainers_own_error(tmp_path):
 
 
 @pytest.mark.parametrize("watched", ["compiled module", "original module"])
-def test_a_torch_compiled_actor(tmp_path, watched):
+def test_a_torch_compiled_actor(tmp_path, monkeypatch, watched):
     """torch.compile'd actor on CPU: watching either the compiled wrapper or the module it wraps
     pairs every row (the forward hooks are honoured by dynamo)."""
+    # compiling turns torch.distributions' argument validation off for the whole process;
+    # restore it afterwards so later tests see the default
+    from torch.distributions import Distribution
+
+    monkeypatch.setattr(Distribution, "_validate_args", Distribution._validate_args)
     torch.manual_seed(0)
     actor = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, K))
     compiled = torch.compile(actor)
