@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import queue
@@ -19,6 +21,27 @@ from .schema import SCHEMA_VERSION, TABLES
 BatchProducer = Callable[[], Mapping[str, Mapping[str, Any]]]
 
 _STOP = object()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (musl, macOS, Windows)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Give the memory a flush used back to the OS. Arrow's pool (mimalloc / jemalloc) and glibc's
+    per-thread arena of the writer thread otherwise keep the flush's high-water mark resident:
+    measured on a 60-cycle run, RSS grew 150 MB without this and 33 MB with it."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -73,10 +96,18 @@ class RunWriter:
             if item is _STOP:
                 return
             try:
-                for table, columns in item().items():
-                    self._write_part(table, columns)
+                self._write_batch(item)
             except Exception as exc:  # noqa: BLE001 - a failed batch must not stop later ones
                 self._on_error("writer", exc)
+            item = None  # the producer holds the batch's tensors: drop them before releasing
+            try:
+                release_memory()
+            except Exception as exc:  # noqa: BLE001
+                self._on_error("writer", exc)
+
+    def _write_batch(self, produce: BatchProducer) -> None:
+        for table, columns in produce().items():
+            self._write_part(table, columns)
 
     def _write_part(self, table: str, columns: Mapping[str, Any]) -> None:
         schema = TABLES[table]
