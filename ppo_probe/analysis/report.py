@@ -107,6 +107,14 @@ class Report:
         }
         return json.loads(json.dumps(payload, default=_json_default))
 
+    def to_tensorboard(self, writer: Any, *, prefix: str = "ppo_probe", step_offset: int = 0) -> int:
+        """Per-cycle metrics as scalars (global step = cycle + ``step_offset``), diagnostics and
+        the recommendation as text, to a ``torch.utils.tensorboard.SummaryWriter``; returns the
+        number of scalars written."""
+        from ..integrations.tensorboard import write_tensorboard
+
+        return write_tensorboard(self, writer, prefix=prefix, step_offset=step_offset)
+
     def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write a self-contained HTML report (plots embedded, no JavaScript; needs matplotlib)."""
         from ..html import write_html

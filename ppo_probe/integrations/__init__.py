@@ -1,0 +1,1 @@
+"""Optional integrations with tools users already run (each imports its tool lazily)."""
