@@ -133,19 +133,14 @@ def count_syncs(cfg: Config, out: Path | None) -> dict[str, int]:
             if key == "main, ppo_probe" and key not in examples:
                 examples[key] = f"{probe[-1].filename}:{probe[-1].lineno} {probe[-1].line}"
 
-    saved = warnings.showwarning
-    warnings.showwarning = record
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = record
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                one_run(cfg, out)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-    finally:
-        warnings.showwarning = saved
+    with warnings.catch_warnings():  # restores showwarning and the filters on exit
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            one_run(cfg, out)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     for key, where in examples.items():
         print(f"  first {key} sync at {where}")
     return counts
