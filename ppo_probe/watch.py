@@ -25,7 +25,7 @@ from .capture.handles import Handle
 from .capture.optim import StepRecorder
 from .capture.session import Session, Settings
 from .storage.schema import TABLES
-from .storage.writer import RunWriter, base_meta, write_json_atomic
+from .storage.writer import RunWriter, base_meta, meta_name, write_json_atomic
 
 Actor = nn.Module | Mapping[str, nn.Module] | None
 Optim = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
@@ -79,6 +79,37 @@ def _rank() -> tuple[int, int]:
     return 0, 1
 
 
+_SHARED_WAIT_S = 60.0
+_shared_count = 0  # watches with a default out entered by this process: the same on every rank
+
+
+def _shared_default_out(rank: int) -> Path:
+    """Under torch.distributed with ``out`` omitted: rank 0's default directory, passed to the
+    other ranks through the process group's key-value store (no collective, so a rank that never
+    enters a watch cannot hang the others). A rank that gets no answer within 60 s writes its own
+    directory and says so."""
+    global _shared_count
+    _shared_count += 1
+    key = f"ppo_probe/out/{_shared_count}"
+    try:
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        if rank == 0:
+            path = default_out()
+            store.set(key, str(path))
+            return path
+        import datetime
+
+        store.wait([key], datetime.timedelta(seconds=_SHARED_WAIT_S))
+        return Path(store.get(key).decode())
+    except Exception as exc:  # noqa: BLE001 - a private API or a timeout: fall back, never hang
+        path = default_out()
+        _warn(f"ppo_probe: rank {rank} could not learn rank 0's run directory ({type(exc).__name__}: "
+              f"{exc}); writing {path} instead (pass the same out= on every rank to avoid this)")
+        return path
+
+
 class Watch:
     """Attaches the probe on ``__enter__`` and removes every hook and patch on ``__exit__``.
 
@@ -118,6 +149,8 @@ class Watch:
         if keep_logits_max_k < 0:
             raise ValueError(f"keep_logits_max_k must be >= 0, got {keep_logits_max_k}")
         self.path = Path(out) if out is not None else default_out()
+        self._default_path = out is None
+        self._rank = 0
         self.settings = Settings(
             keep_logits_max_k=keep_logits_max_k, flush_rows=flush_rows, strict=strict
         )
@@ -136,12 +169,15 @@ class Watch:
         if self._used:
             raise RuntimeError("a Watch can be entered once; call ppo_probe.watch(...) again")
         self._used = True
-        self._prepare_dir()
         rank, world = _rank()
+        self._rank = rank
+        if self._default_path and world > 1:
+            self.path = _shared_default_out(rank)
+        self._prepare_dir(rank)
         self._meta = self._start_meta(rank, world)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.path / "meta.json", self._meta)
+            write_json_atomic(self.path / meta_name(rank), self._meta)
         except OSError as exc:
             if self.settings.strict:
                 raise OSError(exc.errno, f"ppo_probe: cannot write the run directory {self.path}: "
@@ -167,18 +203,21 @@ class Watch:
         self._stack = stack
         return self
 
-    def _prepare_dir(self) -> None:
+    def _prepare_dir(self, rank: int) -> None:
+        """Check the directory for this rank; under torch.distributed every rank checks and clears
+        only its own meta file and partitions, so ranks never race on each other's files."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"ppo_probe: run directory {path} exists and is not a directory")
-        if (path / "meta.json").exists():
+        own = path / meta_name(rank)
+        if own.exists():
             if not self.overwrite:
                 raise FileExistsError(
                     f"ppo_probe: {path} already holds a run; pass overwrite=True or another out="
                 )
             for table in TABLES:
-                shutil.rmtree(path / table, ignore_errors=True)
-            (path / "meta.json").unlink()
+                shutil.rmtree(path / table / f"rank={rank}", ignore_errors=True)
+            own.unlink()
 
     def _attach_modules(self, stack: ExitStack, session: Session) -> None:
         tracker = session.entries
@@ -191,7 +230,12 @@ class Watch:
             session.name_params(key, root, prefix=len(self.actors) > 1)
             # The root and its direct children are where trainers enter a policy from outside
             # (SB3 calls features_extractor, mlp_extractor, action_net; CleanRL agent.actor).
-            for name, module in [("", root), *root.named_children()]:
+            # TensorDict modules (TorchRL) take a TensorDict, not a tensor: the tensor input is
+            # further down, so their whole tree is hooked (the first nested tensor input counts).
+            modules = [("", root), *root.named_children()]
+            if any(_takes_tensordict(m) for _, m in modules):
+                modules = [("", root), *[(n, m) for n, m in root.named_modules() if n]]
+            for name, module in modules:
                 pre, post = tracker.hooks_for(key, module, name or type(root).__name__)
                 stack.enter_context(module.register_forward_pre_hook(pre, with_kwargs=True))
                 stack.enter_context(module.register_forward_hook(post, always_call=True))
@@ -236,9 +280,9 @@ class Watch:
         writer.close()
         self._meta.update(self._end_meta(session, writer))
         try:
-            write_json_atomic(self.path / "meta.json", self._meta)
+            write_json_atomic(self.path / meta_name(self._rank), self._meta)
         except Exception as exc:  # noqa: BLE001 - a full disk must not raise into the trainer
-            _warn(f"ppo_probe: could not write {self.path / 'meta.json'}: {exc}")
+            _warn(f"ppo_probe: could not write {self.path / meta_name(self._rank)}: {exc}")
         if self.settings.strict and session.failures.by_place and not self._body_raised:
             place, info = next(iter(session.failures.by_place.items()))
             raise RuntimeError(f"ppo_probe failed in {place}: {info['type']}: {info['message']}")
@@ -335,6 +379,10 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
+
+
+def _takes_tensordict(module: nn.Module) -> bool:
+    return hasattr(module, "in_keys") and hasattr(module, "out_keys")
 
 
 def _guarded(session: Session, place: str, fn: Any) -> Any:

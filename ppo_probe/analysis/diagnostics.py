@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Thresholds
+from .pairing import PAIR_KEY
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def check_logprob_grads_cancel(ctx: Context):
     rows = ctx.pairs[ctx.pairs["grad_logp"].notna() & ctx.pairs["step"].notna()]
     if rows.empty:
         return None
-    key = ["rank", "cycle", "step", "actor", "fingerprint", "action"]
+    key = ["step", *PAIR_KEY]
     g = rows["grad_logp"].astype(float)
     grouped = pd.DataFrame({"net": g, "abs": g.abs()}).groupby([rows[k] for k in key], dropna=False)
     sums = grouped.sum()
@@ -290,7 +291,10 @@ def check_unpaired_samples(ctx: Context):
     if len(rows) < 10:
         return None
     fraction = float(rows["paired"].mean())
-    if fraction >= ctx.thresholds.min_paired_fraction:
+    threshold = ctx.thresholds.min_paired_fraction
+    by_rank = rows.groupby("rank")["paired"].agg(["mean", "size"])
+    low = by_rank[(by_rank["mean"] < threshold) & (by_rank["size"] >= 10)]
+    if fraction >= threshold and low.empty:
         return None
     unpaired = rows[~rows["paired"]]
     no_fp = int(unpaired["fingerprint"].isna().sum())
@@ -302,6 +306,10 @@ def check_unpaired_samples(ctx: Context):
         f"Categoricals could not be tied to an actor input, "
         f"{counts.get('calls_changed_after_record', 0)} log_prob calls were written in place)"
     )
+    if len(by_rank) > 1:  # ranks disagree: say which ones pair and which do not
+        evidence += "; by rank: " + ", ".join(
+            f"rank {r} {m:.1%} of {int(n)}" for r, (m, n) in by_rank[["mean", "size"]].iterrows()
+        ) + (f" (below {threshold:.0%}: rank {', '.join(str(r) for r in low.index)})" if len(low) else "")
     fix = (
         "Feed the update the exact observations stored at sampling (no re-normalization, "
         "re-encoding or augmentation in between), with the actions that were sampled."
@@ -327,11 +335,15 @@ def check_advantages_misaligned(ctx: Context):
 
 
 def cross_epoch_consistency(paired: pd.DataFrame) -> tuple[float, int]:
-    """Correlation of adv_eff for the same sample between consecutive epochs, and the sample count."""
-    rows = paired[paired["adv_eff"].notna()]
+    """Correlation of adv_eff for the same sample between consecutive epochs, and the sample count.
+
+    Only samples whose (input, action) occurs once in their cycle take part: with repeated
+    observations (small discrete state spaces) the update rows of one key are several samples with
+    different advantages, and which of them comes first in an epoch is the shuffle's choice."""
+    rows = paired[paired["adv_eff"].notna() & (paired["multiplicity"] == 1)]
     if rows.empty:
         return float("nan"), 0
-    key = ["rank", "cycle", "actor", "fingerprint", "action"]
+    key = PAIR_KEY
     first = rows.groupby(key + ["epoch"], dropna=False)["adv_eff"].first().reset_index()
     nxt = first.copy()
     nxt["epoch"] = nxt["epoch"] - 1

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from .formulas import MASKED_LOGIT, ratio_terms
 
-PAIR_KEY = ["rank", "cycle", "actor", "fingerprint", "action"]
+PAIR_KEY = ["rank", "cycle", "actor", "head", "fingerprint", "action"]
 
 
 def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
@@ -51,6 +51,8 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
 
     update = samples.loc[samples["phase"] == "update"]
+    first_row = update.groupby(["rank", "call_id"], sort=False)["row"].transform("min")
+    update = update.assign(call_pos=(update["row"] - first_row).astype("int64"))
     pairs = update.merge(old, on=PAIR_KEY, how="left", validate="many_to_one")
     pairs = pairs.rename(columns={"logp": "new_logp", "row": "new_row"})
     pairs["paired"] = pairs["old_logp"].notna()
@@ -80,12 +82,57 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
 
 _EMPTY_PAIRS = {
     "rank": "Int32", "cycle": "Int32", "step": "Int64", "epoch": "int64", "actor": "object",
-    "action": "Int64", "fingerprint": "Int64", "paired": "bool", "old_logp": "float32",
+    "head": "Int16", "action": "Int64", "fingerprint": "Int64", "paired": "bool", "old_logp": "float32",
     "new_logp": "float32", "log_ratio": "float64", "ratio": "float64", "k3": "float64",
     "grad_logp": "float32", "clipped": "boolean", "adv_eff": "float64", "kl_exact": "float64",
     "logit_scale": "float64", "call_rows": "Int32", "seq": "Int32", "dist_id": "Int64",
-    "old_dist_id": "Int64", "multiplicity": "float64",
+    "old_dist_id": "Int64", "multiplicity": "float64", "call_id": "Int64", "call_pos": "int64",
 }  # fmt: skip
+
+
+def joint_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per sample of the policy as a whole: the rows of every head of a multi-head action
+    (SB3 MultiDiscrete: one Categorical per action dimension, log-probs summed) collapse into one,
+    with summed log-probs, so that ratio, k1/k2/k3, clip fraction and adv_eff are those of the
+    joint action, as the trainer computes them. Single-head runs come back unchanged.
+
+    Heads of one forward are consecutive Categoricals (``dist_id - head`` is the first head's), and
+    row i of each head's log_prob call is the same sample."""
+    if pairs.empty or not (pairs["head"].fillna(0) > 0).any():
+        return pairs
+    frame = pairs.assign(group=pairs["dist_id"] - pairs["head"].astype("Int64"))
+    key = ["rank", "cycle", "actor", "group", "call_pos", "epoch"]
+    frame = frame.sort_values("head", kind="stable")
+    grouped = frame.groupby(key, sort=False, dropna=False)
+    joint = grouped.agg(
+        step=("step", "first"),
+        action=("action", "first"),
+        fingerprint=("fingerprint", "first"),
+        paired=("paired", "all"),
+        new_logp=("new_logp", "sum"),
+        old_logp=("old_logp", lambda v: v.sum(min_count=len(v))),
+        grad_logp=("grad_logp", "first"),
+        kl_exact=("kl_exact", lambda v: v.sum(min_count=len(v))),
+        logit_scale=("logit_scale", "mean"),
+        call_rows=("call_rows", "first"),
+        seq=("seq", "first"),
+        dist_id=("dist_id", "first"),
+        old_dist_id=("old_dist_id", "first"),
+        multiplicity=("multiplicity", "first"),
+        call_id=("call_id", "first"),
+        clipped=("clipped", "first"),
+    ).reset_index()
+    joint["head"] = pd.array([0] * len(joint), dtype="Int16")
+    terms = ratio_terms(
+        joint["new_logp"].to_numpy(np.float32), joint["old_logp"].to_numpy(np.float32, na_value=np.nan)
+    )
+    for name, values in terms.items():
+        joint[name] = values
+    grad = joint["grad_logp"].to_numpy(np.float64, na_value=np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adv = -grad * joint["call_rows"].to_numpy(np.float64) / terms["ratio"]
+    joint["adv_eff"] = np.where(np.isfinite(grad) & (grad != 0.0), adv, np.nan)
+    return joint[list(_EMPTY_PAIRS)]
 
 
 def compare_logits(

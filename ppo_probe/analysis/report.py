@@ -14,6 +14,7 @@ import pandas as pd
 from .config import Thresholds, build_thresholds, find_pyproject, read_table
 from .diagnostics import IDS, Context, run_checks
 from .metrics import per_cycle, per_step
+from .pairing import joint_rows
 from .recommend import recommend
 from .run import Run, load
 
@@ -59,6 +60,12 @@ class Report:
     def paired_fraction(self) -> float:
         return self.run.paired_fraction
 
+    @property
+    def per_rank(self) -> pd.DataFrame:
+        """One row per rank (torch.distributed): status, optimizer steps, cycles, update rows,
+        paired fraction and median per-cycle KL, so that a rank that disagrees stands out."""
+        return per_rank_table(self.run, self.per_cycle)
+
     def summary(self) -> str:
         pairs = self.run.pairs
         lines = [f"ppo_probe report: {self.run.path}"]
@@ -68,6 +75,11 @@ class Report:
                          f"({self.paired_fraction:.1%})")
         else:
             lines.append("  no update rows recorded")
+        ranks = self.per_rank
+        if len(ranks) > 1:
+            with pd.option_context("display.width", 200, "display.max_columns", 30):
+                lines.append("per rank:")
+                lines.append(ranks.to_string(index=False, float_format=_fmt))
         if not self.per_cycle.empty:
             cols = [c for c in _SUMMARY_COLUMNS if c in self.per_cycle]
             with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -101,6 +113,7 @@ class Report:
             "ok": self.ok,
             "paired_fraction": self.paired_fraction,
             "per_cycle": records(self.per_cycle),
+            "per_rank": records(self.per_rank),
             "diagnostics": records(self.diagnostics),
             "recommendation": self.recommendation,
             "settings": self.settings,
@@ -120,6 +133,28 @@ class Report:
         from ..html import write_html
 
         return write_html(self, path)
+
+
+def per_rank_table(run: Run, cycles: pd.DataFrame) -> pd.DataFrame:
+    pairs, steps = run.pairs, run.steps
+    ranks = sorted(set(steps["rank"].dropna().astype(int)) | set(pairs["rank"].dropna().astype(int))
+                   | {int(r) for r in (run.meta.get("ranks") or {})})
+    statuses = {int(r): (m or {}).get("status") for r, m in (run.meta.get("ranks") or {}).items()}
+    rows = []
+    for r in ranks:
+        mine = pairs[pairs["rank"] == r]
+        kl = cycles.loc[cycles["rank"] == r, "kl_k3"] if len(cycles) else pd.Series(dtype=float)
+        rows.append({
+            "rank": r,
+            "status": statuses.get(r, run.meta.get("status")),
+            "steps": int((steps["rank"] == r).sum()),
+            "cycles": int(mine["cycle"].nunique()),
+            "update_rows": len(mine),
+            "paired_fraction": float(mine["paired"].mean()) if len(mine) else float("nan"),
+            "kl_k3_median": float(kl.median()) if kl.notna().any() else float("nan"),
+        })
+    return pd.DataFrame(rows, columns=["rank", "status", "steps", "cycles", "update_rows",
+                                       "paired_fraction", "kl_k3_median"])
 
 
 def _json_default(value: Any) -> Any:
@@ -193,13 +228,14 @@ def analyze(
     overrides = dict(thresholds, target_kl=target_kl, clip_coef=clip_coef, ignore=ignore, severities=severities)
     t = build_thresholds(read_table(source), overrides, set(IDS))
     pairs = run.pairs
+    joint = joint_rows(pairs)  # per sample of the whole policy (multi-head actions summed)
     if t.clip_coef is not None:
         eps, eps_source = t.clip_coef, "setting"
     else:
-        inferred = infer_clip_coef(pairs)
+        inferred = infer_clip_coef(joint)
         eps, eps_source = (inferred, "inferred") if inferred else (DEFAULT_CLIP_COEF, "default")
-    steps_table = per_step(pairs, run.dists, run.steps, eps)
-    cycles = per_cycle(steps_table, pairs)
+    steps_table = per_step(joint, run.dists, run.steps, eps)
+    cycles = per_cycle(steps_table, joint)
     ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps)
     findings = run_checks(ctx)
     diagnostics = pd.DataFrame(

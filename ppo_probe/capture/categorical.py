@@ -69,8 +69,9 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
         for session in tuple(_sessions):
             session.on_dist_init_failed(args, kwargs)
         raise
+    source = kwargs.get("logits", kwargs.get("probs", args[0] if args else None))
     for session in tuple(_sessions):
-        session.on_dist_init(instance)
+        session.on_dist_init(instance, source)
 
 
 def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -38,7 +38,8 @@ class EntryTracker:
     """Keeps the depth-0 entries seen since the previous Categorical and picks the input for the next.
 
     Rule (DESIGN section 2): among entries with the same grad mode whose input's leading dims equal
-    the Categorical's batch shape, in grad mode prefer inputs that do not themselves require grad
+    the Categorical's batch shape, take the outermost call still running if the Categorical is
+    built inside one (SB3's policy.forward); otherwise, in grad mode prefer inputs that do not themselves require grad
     (SB3 runs features_extractor(obs) -> mlp_extractor -> action_net outside any policy forward),
     skip the very input already attributed to the previous Categorical unless nothing else is left
     (CleanRL calls the critic on the same obs after the actor), then take the earliest.
@@ -49,6 +50,12 @@ class EntryTracker:
         self.depth = 0
         self.pending: deque[Entry] = deque(maxlen=64)
         self._last: Entry | None = None
+        self._tensorless = False  # the open outermost call had no tensor input (yet)
+        self._outer: nn.Module | None = None  # that call's module (watch-everything mode)
+        self._head_of: Entry | None = None  # the entry further heads of this forward share
+        self._head = 0  # head index of the last attributed Categorical
+        self._head_at: tuple[int, int] | None = None  # (storage, start) of that head's logits
+        self._open: Entry | None = None  # the entry of the outermost call still running
         # watch-everything mode: a distinct label per outermost module seen ("Sequential",
         # "Sequential#1", ...), so that an actor and a critic of one class get different names
         self.roots: dict[int, tuple[weakref.ref, str]] = {}
@@ -59,16 +66,13 @@ class EntryTracker:
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             try:
-                if self.depth == 0:
+                if self.depth == 0 or self._tensorless:
                     self._enter(actor, name, first_tensor(args, kwargs))
             except Exception as exc:  # noqa: BLE001 - never break the trainer
                 self._on_error("forward hook", exc)
             self.depth += 1
 
-        def post(mod: nn.Module, args: tuple, output: Any) -> None:
-            self.depth = max(0, self.depth - 1)
-
-        return pre, post
+        return pre, self._post
 
     def global_hooks(self) -> tuple[Callable, Callable]:
         """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
@@ -77,14 +81,22 @@ class EntryTracker:
             try:
                 if self.depth == 0:
                     self._enter("auto", self._root_label(mod), first_tensor(args))
+                elif self._tensorless:
+                    self._enter("auto", self._root_label(self._outer), first_tensor(args))
+                if self.depth == 0:
+                    self._outer = mod
             except Exception as exc:  # noqa: BLE001
                 self._on_error("forward hook", exc)
             self.depth += 1
 
-        def post(mod: nn.Module, args: tuple, output: Any) -> None:
-            self.depth = max(0, self.depth - 1)
+        return pre, self._post
 
-        return pre, post
+    def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
+        self.depth = max(0, self.depth - 1)
+        if self.depth == 0:
+            self._tensorless = False
+            self._outer = None
+            self._open = None
 
     def _root_label(self, module: nn.Module) -> str:
         known = self.roots.get(id(module))
@@ -98,20 +110,50 @@ class EntryTracker:
         return label
 
     def _enter(self, actor: str, module: str, tensor: torch.Tensor | None) -> None:
+        # An outermost call without a tensor argument (TorchRL modules take a TensorDict): the
+        # first nested call that has one stands for it.
+        self._tensorless = tensor is None
         if tensor is None:
             return
-        self.pending.append(
-            Entry(
-                actor=actor,
-                module=module,
-                tensor=tensor,
-                version=tensor._version,
-                grad_enabled=torch.is_grad_enabled(),
-                requires_grad=tensor.requires_grad,
-            )
+        entry = Entry(
+            actor=actor,
+            module=module,
+            tensor=tensor,
+            version=tensor._version,
+            grad_enabled=torch.is_grad_enabled(),
+            requires_grad=tensor.requires_grad,
         )
+        self.pending.append(entry)
+        self._open = entry
 
-    def attribute(self, grad_enabled: bool, batch_shape: torch.Size) -> Entry | None:
+    def attribute(
+        self, grad_enabled: bool, batch_shape: torch.Size, source: torch.Tensor | None = None
+    ) -> tuple[Entry | None, int]:
+        """The entry for the next Categorical and its head: 0, or 1, 2, ... for further
+        Categoricals built from the same forward with no forward in between whose logits
+        (``source``, the tensor passed to the Categorical) are the next slice of the same
+        tensor: SB3's and CleanRL's MultiDiscrete split one logits tensor into a Categorical per
+        action dimension. A Categorical built again from the same logits, or from logits of a
+        forward this watch does not see (another watch's actor), is not a head."""
+        at = _where(source)
+        if not self.pending:
+            sibling, prev = self._head_of, self._head_at
+            if (
+                sibling is not None
+                and at is not None
+                and prev is not None
+                and at[0] == prev[0]
+                and at[1] > prev[1]
+                and sibling.grad_enabled == grad_enabled
+                and tuple(sibling.tensor.shape[: len(batch_shape)]) == tuple(batch_shape)
+            ):
+                self._head += 1
+                self._head_at = at
+                return sibling, self._head
+            return None, 0
+        self._head = 0
+        self._head_of = None
+        self._head_at = at
         n = len(batch_shape)
         same_phase = [e for e in self.pending if e.grad_enabled == grad_enabled]
         candidates = [e for e in same_phase if tuple(e.tensor.shape[:n]) == tuple(batch_shape)]
@@ -121,7 +163,12 @@ class EntryTracker:
             rows = batch_shape.numel()
             candidates = [e for e in same_phase if e.tensor.dim() >= 2 and e.tensor.shape[:-1].numel() == rows]
         self.pending.clear()
-        if grad_enabled:
+        if self.depth and self._open is not None and any(e is self._open for e in candidates):
+            # built inside a watched forward that is still running (SB3's policy.forward): that
+            # call is the entry, whatever ran before it (MaskablePPO bootstraps a truncated
+            # episode's value through the features extractor just before the next forward)
+            candidates = [self._open]
+        elif grad_enabled:
             plain = [e for e in candidates if not e.requires_grad]
             candidates = plain or candidates
         last = self._last
@@ -131,11 +178,22 @@ class EntryTracker:
             ]
             candidates = fresh or candidates
         if not candidates:
-            return None
-        self._last = candidates[0]
-        return candidates[0]
+            return None, 0
+        self._last = self._head_of = candidates[0]
+        return candidates[0], 0
 
     def forget(self) -> None:
         """Drop references to user tensors (at exit)."""
         self.pending.clear()
-        self._last = None
+        self._last = self._head_of = self._open = None
+        self._head_at = None
+
+
+def _where(t: torch.Tensor | None) -> tuple[int, int] | None:
+    """(storage address, first element address) of a tensor: plain pointers, no device sync."""
+    if t is None or t.is_sparse:
+        return None
+    try:
+        return t.untyped_storage().data_ptr(), t.data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+        return None

@@ -52,6 +52,7 @@ class DistRecord:
     logits_require_grad: bool
     input_mutated: bool
     gen: Generation
+    head: int = 0  # 0, or 1, 2, ... for further Categoricals built from the same forward
     grad_entropy: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -182,6 +183,7 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
         "grad_enabled": [d.grad_enabled for d in dists],
         "actor": [d.actor for d in dists],
         "entry": [d.entry for d in dists],
+        "head": [d.head for d in dists],
         "batch_shape": [list(d.batch_shape) for d in dists],
         "rows": [d.rows for d in dists],
         "n_categories": [d.n_categories for d in dists],
@@ -247,6 +249,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "phase": per_call([c.phase for c in calls]),
         "actor": per_call([c.dist.actor for c in calls]),
         "dist_id": per_call([c.dist.dist_id for c in calls]),
+        "head": per_call([c.dist.head for c in calls]),
         "call_id": per_call([c.call_id for c in calls]),
         "call_rows": per_call([c.n for c in calls]),
         "fingerprint": pa.array(fingerprint, mask=~has_fp, type=pa.int64()),

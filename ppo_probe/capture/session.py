@@ -71,6 +71,7 @@ class Session:
         self._module_params: set[int] = set()
         self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
         self._next_dist = 0
+        self._last_dist: DistRecord | None = None
         self._next_call = 0
         # buffers
         self._gen = Generation()
@@ -141,9 +142,9 @@ class Session:
 
     # ---------------------------------------------------------------- Categorical events
 
-    def on_dist_init(self, dist: Any) -> None:
+    def on_dist_init(self, dist: Any, source: Any = None) -> None:
         try:
-            self._record_dist(dist)
+            self._record_dist(dist, source if isinstance(source, torch.Tensor) else None)
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
@@ -157,7 +158,7 @@ class Session:
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
-    def _record_dist(self, dist: Any) -> None:
+    def _record_dist(self, dist: Any, source: torch.Tensor | None) -> None:
         grad = torch.is_grad_enabled()
         state = dist.__dict__
         param = state["_param"]
@@ -172,12 +173,18 @@ class Session:
         previous = self._dist_of.get(dist)  # a subclass re-running __init__ (e.g. masking)
         fingerprint = None
         if previous is not None and previous.batch_shape == batch_shape:
-            actor, entry_name = previous.actor, previous.entry
+            actor, entry_name, head = previous.actor, previous.entry, previous.head
             fp_input, fingerprint = previous.fp_input, previous.fingerprint
             mutated = previous.input_mutated
         else:
-            entry = self.entries.attribute(grad, torch.Size(batch_shape))
-            actor, entry_name, fp_input, mutated = self._keep_input(entry, rows)
+            entry, head = self.entries.attribute(grad, torch.Size(batch_shape), source)
+            first = self._last_dist
+            if head and first is not None and first.rows == rows and first.entry == entry.module:
+                # a further head of the same forward: share the first head's kept input rows
+                actor, entry_name = first.actor, first.entry
+                fp_input, fingerprint, mutated = first.fp_input, first.fingerprint, first.input_mutated
+            else:
+                actor, entry_name, fp_input, mutated = self._keep_input(entry, rows)
 
         if grad and param.requires_grad and self._graph_walked.get(actor) != self.cycle:
             self._graph_walked[actor] = self.cycle  # once per actor and cycle
@@ -200,7 +207,9 @@ class Session:
             logits_require_grad=bool(param.requires_grad),
             input_mutated=mutated,
             gen=self._gen,
+            head=head,
         )
+        self._last_dist = record
         self._next_dist += 1
         self.counts["dists"] += 1
         if entry_name is None:

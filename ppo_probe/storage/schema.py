@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped whenever a table gains, loses or changes a column. Readers refuse newer versions.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: One row per log-prob row (a row of a ``Categorical.log_prob`` result).
 SAMPLES = pa.schema(
@@ -15,6 +15,7 @@ SAMPLES = pa.schema(
         ("phase", pa.string()),  # 'sampling' | 'update' | 'eval'
         ("actor", pa.string()),
         ("dist_id", pa.int64()),
+        ("head", pa.int16()),  # 0, or k for the k-th further Categorical of one forward (v2)
         ("call_id", pa.int64()),
         ("call_rows", pa.int32()),  # rows of that log_prob call: the B of a mean-reduced loss
         ("fingerprint", pa.int64()),  # null when the input could not be fingerprinted
@@ -34,6 +35,7 @@ DISTS = pa.schema(
         ("grad_enabled", pa.bool_()),
         ("actor", pa.string()),
         ("entry", pa.string()),  # module whose input was fingerprinted; null if none
+        ("head", pa.int16()),  # 0, or k for the k-th further Categorical of one forward (v2)
         ("batch_shape", pa.list_(pa.int32())),
         ("rows", pa.int32()),
         ("n_categories", pa.int32()),
@@ -85,6 +87,9 @@ LAYERS = pa.schema(
         ("feeds_logits", pa.bool_()),
     ]
 )
+
+#: Columns added after version 1, with the value older parts read as (one head per forward).
+ADDED_COLUMNS: dict[tuple[str, str], int] = {("samples", "head"): 0, ("dists", "head"): 0}
 
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,

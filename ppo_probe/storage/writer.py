@@ -136,6 +136,12 @@ def _to_arrow(column: Any, type_: pa.DataType) -> pa.Array:
     return pa.array(column, type=type_)
 
 
+def meta_name(rank: int) -> str:
+    """Each rank's own meta file: ``meta.json`` for rank 0, ``meta-rank<R>.json`` for the others
+    (ranks never write the same file)."""
+    return "meta.json" if rank == 0 else f"meta-rank{rank}.json"
+
+
 def base_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Fields every meta.json starts with."""
     return {"format": "ppo_probe-run", "schema_version": SCHEMA_VERSION, "settings": dict(settings)}
