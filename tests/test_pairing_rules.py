@@ -158,3 +158,37 @@ def test_every_actor_of_a_dict_is_found_to_feed_its_logits(tmp_path):
     params = ppo_probe.load(w.path).meta["actor_params"]
     assert len(actors) == 2 and len(params) == sum(len(list(a.parameters())) for a in actors.values())
     assert all(p["feeds_logits"] for p in params), [p["name"] for p in params if not p["feeds_logits"]]
+
+
+def test_split_heads_pair_per_head_and_a_rebuilt_distribution_is_no_head(tmp_path):
+    """CleanRL's MultiDiscrete: one forward, logits split into a Categorical per dimension. Each
+    slice is a head; a Categorical built again from the first slice (an entropy recomputation)
+    is not a third head."""
+    torch.manual_seed(0)
+    nvec = (3, 4)
+    actor = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, sum(nvec)))
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    obs = torch.randn(128, 5)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        for _cycle in range(2):
+            with torch.no_grad():
+                heads = [Categorical(logits=s) for s in torch.split(actor(obs), nvec, dim=1)]
+                action = torch.stack([h.sample() for h in heads], dim=1)
+                old_logp = sum(h.log_prob(a) for h, a in zip(heads, action.T))
+            adv = torch.randn(128)
+            for _epoch in range(2):
+                split = torch.split(actor(obs), nvec, dim=1)
+                heads = [Categorical(logits=s) for s in split]
+                logp = sum(h.log_prob(a) for h, a in zip(heads, action.T))
+                extra_entropy = Categorical(logits=split[0]).entropy().mean()
+                ratio = (logp - old_logp).exp()
+                loss = -(ratio * adv).mean() - 0.01 * extra_entropy
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    run = ppo_probe.load(w.path)
+    assert sorted(set(run.dists["head"])) == [0, 1]
+    pairs = run.pairs
+    assert len(pairs) == 2 * 2 * 128 * len(nvec)
+    assert pairs["paired"].all()
+    assert set(pairs["head"]) == {0, 1}

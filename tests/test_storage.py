@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import random
 import signal
@@ -12,7 +13,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -37,7 +40,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
     meta = json.loads((small_run / "meta.json").read_text())
-    assert meta["schema_version"] == 1 and meta["status"] == "complete"
+    assert meta["schema_version"] == 2 and meta["status"] == "complete"
     parts = sorted((small_run / "samples" / "rank=0").iterdir())
     assert len(parts) > 1  # flush_rows=500 forces several complete part files
     assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
@@ -86,6 +89,21 @@ def test_truncated_part_file_names_the_file(small_run, tmp_path):
     with pytest.raises(RunFormatError, match="truncated or corrupt") as info:
         ppo_probe.load(run)
     assert str(part) in str(info.value)
+
+
+def test_a_version_1_run_still_loads_with_one_head(small_run, tmp_path):
+    """Version 2 added the ``head`` column; runs written before read it as head 0."""
+    run = tmp_path / "v1"
+    shutil.copytree(small_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    for table in ("samples", "dists"):
+        for part in (run / table / "rank=0").glob("part-*.parquet"):
+            pq.write_table(pq.read_table(part).drop_columns(["head"]), part)
+    old, new = ppo_probe.load(run), ppo_probe.load(small_run)
+    assert (old.samples["head"] == 0).all() and (old.dists["head"] == 0).all()
+    pd.testing.assert_frame_equal(old.pairs, new.pairs)
+    assert ppo_probe.analyze(old).diagnostics["id"].tolist() == ppo_probe.analyze(new).diagnostics["id"].tolist()
 
 
 def test_newer_schema_and_foreign_meta_are_refused(small_run, tmp_path):
