@@ -28,6 +28,8 @@ class BanditConfig:
     clip: float = 0.2
     # in-place mutation of the obs buffer between the actor call and the Categorical
     mutate_before_dist: bool = False
+    # noise added to the observations the update feeds the actor (they no longer match sampling)
+    update_obs_noise: float = 0.0
 
 
 def make_actor(cfg: BanditConfig) -> nn.Module:
@@ -60,7 +62,8 @@ def train_bandit(cfg: BanditConfig, actors: dict[str, nn.Module], optim: torch.o
                     action, old_logp, reward = rollout[name]
                     adv = reward[idx]
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    new_logp = Categorical(logits=actor(obs[idx])).log_prob(action[idx])
+                    x = obs[idx] + cfg.update_obs_noise if cfg.update_obs_noise else obs[idx]
+                    new_logp = Categorical(logits=actor(x)).log_prob(action[idx])
                     ratio = (new_logp - old_logp[idx]).exp()
                     surrogate = torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
                     loss = loss - surrogate.mean()
