@@ -49,6 +49,21 @@ def test_healthy_run_raises_no_false_alarm(case, seed, tmp_path, no_config):
     assert report.per_cycle["entropy_norm_mean"].between(0.5, 1.0).all()
 
 
+def test_nonfinite_values_without_argument_validation(tmp_path, no_config, monkeypatch):
+    """With torch.distributions' validation off (set by torchrl's import, torch.compile or the
+    user), the NaN logits build a Categorical and the crash comes later, from sample(): the NaN
+    rows must still be seen, although every per-distribution mean skips them."""
+    from torch.distributions import Distribution
+
+    monkeypatch.setattr(Distribution, "_validate_args", False)
+    run = ppo_probe.load(run_case("nan_input", tmp_path / "nan"))
+    assert run.meta["status"] == "interrupted: RuntimeError"
+    assert run.dists["nonfinite_rows"].tolist()[-1] == 1  # one env's observation of 4 is NaN
+    report = ppo_probe.analyze(run, pyproject=no_config)
+    evidence = report.diagnostics.set_index("id").loc["nonfinite-values", "evidence"]
+    assert "1 of " in evidence and "Categoricals have NaN/Inf logits (1 rows)" in evidence
+
+
 def test_sampling_update_mismatch_names_the_kind(tmp_path, no_config):
     evidence = {}
     for case in ("temperature_one_path", "action_subset", "mappo_mask_rebuilt"):

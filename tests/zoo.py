@@ -495,7 +495,8 @@ def _run_cleanrl(name: str, out: pathlib.Path, seed: int, strict: bool) -> pathl
     try:
         with probe:
             train(cfg, bugs, envs, agent, optimizer)
-    except ValueError:  # nan_input: Categorical's argument validation rejects the NaN logits
+    except (ValueError, RuntimeError):  # nan_input: Categorical's argument validation rejects the
+        # NaN logits (ValueError), or with validation off, multinomial refuses them (RuntimeError)
         if bugs.nan_obs_at_iteration is None:
             raise
     return pathlib.Path(probe.path)

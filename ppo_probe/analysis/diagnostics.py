@@ -384,9 +384,10 @@ def check_nonfinite_values(ctx: Context):
     grad = ctx.pairs["grad_logp"].dropna().astype(float)
     if int((~np.isfinite(grad)).sum()):
         parts.append(f"{int((~np.isfinite(grad)).sum())} of {len(grad)} log-prob gradients are NaN/Inf")
-    ent = ctx.dists["entropy"].astype(float)
-    if int(ent.isna().sum() + np.isinf(ent).sum()):
-        parts.append(f"{int(ent.isna().sum() + np.isinf(ent).sum())} of {len(ent)} Categoricals have NaN/Inf logits")
+    bad_rows = ctx.dists["nonfinite_rows"].fillna(0).astype(int)
+    if int((bad_rows > 0).sum()):
+        parts.append(f"{int((bad_rows > 0).sum())} of {len(bad_rows)} Categoricals have NaN/Inf logits "
+                     f"({int(bad_rows.sum())} rows)")
     if len(ctx.layers):
         g = ctx.layers["grad_norm"].dropna().astype(float)
         if int((~np.isfinite(g)).sum()):

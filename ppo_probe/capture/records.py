@@ -131,7 +131,11 @@ def _float(value: Any) -> float:
 
 @torch.no_grad()
 def _row_stats(logits: torch.Tensor) -> torch.Tensor:
-    """Per-row [masked count, spread of unmasked logits, entropy, entropy / log K_eff]."""
+    """Per-row [masked count, spread of unmasked logits, entropy, entropy / log K_eff, 1 if the
+    row holds a NaN or +Inf logit else 0]."""
+    # NaN or +Inf in normalized logits (-Inf is a mask); the means below skip such rows, so they
+    # are counted apart: otherwise a NaN observation that the trainer does not validate vanishes
+    nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1).to(torch.float64)
     masked = logits <= MASKED_LOGIT
     n_masked = masked.sum(-1).to(torch.float64)
     k_eff = logits.shape[-1] - n_masked
@@ -143,12 +147,14 @@ def _row_stats(logits: torch.Tensor) -> torch.Tensor:
     spread = (sq / (k_eff - 1).clamp(min=1)).sqrt()
     log_k = torch.log(k_eff)
     entropy_norm = torch.where(k_eff > 1, entropy / log_k, torch.full_like(entropy, float("nan")))
-    return torch.stack([n_masked, spread, entropy, entropy_norm], dim=-1)
+    return torch.stack([n_masked, spread, entropy, entropy_norm, nonfinite], dim=-1)
 
 
 def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
-    """[len(dists), 4] per-distribution means of the row statistics, computed in bulk per K."""
-    out = np.full((len(dists), 4), np.nan)
+    """[len(dists), 5] per-distribution means of the row statistics (the non-finite row flag
+    summed instead), computed in bulk per K."""
+    out = np.full((len(dists), 5), np.nan)
+    out[:, 4] = 0.0
     by_k: dict[tuple[int, torch.device], list[int]] = {}
     for i, d in enumerate(dists):
         if d.rows > 0:
@@ -163,7 +169,8 @@ def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
         totals = np.add.reduceat(np.where(defined, stats, 0.0), starts, axis=0)
         counts = np.add.reduceat(defined.astype(np.int64), starts, axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[indices] = np.where(counts > 0, totals / counts, np.nan)
+            out[indices, :4] = np.where(counts > 0, totals / counts, np.nan)[:, :4]
+        out[indices, 4] = totals[:, 4]
     return out
 
 
@@ -191,6 +198,7 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
         "logit_spread": stats[:, 1],
         "entropy": stats[:, 2],
         "entropy_norm": stats[:, 3],
+        "nonfinite_rows": stats[:, 4].astype(np.int32),
         "logits_require_grad": [d.logits_require_grad for d in dists],
         "input_mutated": [d.input_mutated for d in dists],
         "grad_entropy": pa.array(grad_entropy, mask=no_grad, type=pa.float32()),

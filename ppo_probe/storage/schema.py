@@ -43,6 +43,7 @@ DISTS = pa.schema(
         ("logit_spread", pa.float32()),  # mean over rows of the std of unmasked logits
         ("entropy", pa.float32()),  # mean over rows
         ("entropy_norm", pa.float32()),  # mean over rows of H / log(K_eff)
+        ("nonfinite_rows", pa.int32()),  # rows with a NaN or +Inf logit (skipped by the means) (v2)
         ("logits_require_grad", pa.bool_()),
         ("input_mutated", pa.bool_()),  # the fingerprinted input changed in place before use
         ("grad_entropy", pa.float32()),  # mean dLoss/dH per row; null if no gradient
@@ -89,7 +90,9 @@ LAYERS = pa.schema(
 )
 
 #: Columns added after version 1, with the value older parts read as (one head per forward).
-ADDED_COLUMNS: dict[tuple[str, str], int] = {("samples", "head"): 0, ("dists", "head"): 0}
+ADDED_COLUMNS: dict[tuple[str, str], int] = {
+    ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
+}
 
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
