@@ -1,0 +1,119 @@
+"""Paired fraction and diagnostics of each real trainer the probe is tested on, unchanged (issue 6).
+
+Trains each one briefly under the probe, as its test in tests/ does, and prints one row per
+trainer: update rows, paired fraction, median per-cycle KL and the diagnostics raised (id and
+severity). Healthy trainers at their default settings should raise no error; `update-too-small`
+is expected at default learning rates (KL under 0.2 x the 0.02 target).
+
+Usage: python benchmarks/integrations.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+import ppo_probe  # noqa: E402
+
+
+def cleanrl(out: Path) -> Path:
+    from example_overhead import load_example
+
+    ex = load_example()
+    cfg = ex.Config(seed=1, total_timesteps=8192)
+    envs, agent, optimizer = ex.build(cfg)
+    with ppo_probe.watch(agent, optimizer, out=out) as w:
+        ex.train(cfg, envs, agent, optimizer)
+    return w.path
+
+
+def zoo(case: str) -> Callable[[Path], Path]:
+    def run(out: Path) -> Path:
+        from zoo import run_case
+
+        return run_case(case, out)
+
+    return run
+
+
+def sb3_multidiscrete(out: Path) -> Path:
+    import stable_baselines3 as sb3
+    from test_sb3 import _TwoHeadBandit
+
+    model = sb3.PPO("MlpPolicy", _TwoHeadBandit(), n_steps=256, batch_size=64, n_epochs=4,
+                    learning_rate=3e-3, seed=0, device="cpu", verbose=0)
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out) as w:
+        model.learn(total_timesteps=256 * 5)
+    return w.path
+
+
+def maskable_ppo(out: Path) -> Path:
+    from sb3_contrib import MaskablePPO
+    from test_sb3_contrib import MaskedChoice
+
+    model = MaskablePPO("MlpPolicy", MaskedChoice(), n_steps=256, batch_size=64, n_epochs=4,
+                        seed=0, device="cpu", verbose=0)
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out) as w:
+        model.learn(total_timesteps=256 * 5)
+    return w.path
+
+
+def sb3_callback(out: Path) -> Path:
+    import stable_baselines3 as sb3
+
+    from ppo_probe.integrations.sb3 import ProbeCallback
+
+    model = sb3.PPO("MlpPolicy", "CartPole-v1", n_steps=256, batch_size=64, n_epochs=4, seed=0,
+                    device="cpu", verbose=0)
+    probe = ProbeCallback(out=out)
+    model.learn(256 * 5, callback=probe)
+    return probe.path
+
+
+def torchrl(out: Path) -> Path:
+    from test_torchrl import _train
+
+    report, _ = _train("actor", out)
+    return report.run.path
+
+
+def ddp(out: Path) -> Path:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return out
+
+
+TRAINERS: dict[str, Callable[[Path], Path]] = {
+    "CleanRL-style CartPole (examples/)": cleanrl,
+    "SB3 PPO, Discrete (CartPole)": zoo("sb3_healthy"),
+    "SB3 PPO, MultiDiscrete([3, 4])": sb3_multidiscrete,
+    "SB3 PPO via ProbeCallback": sb3_callback,
+    "sb3-contrib MaskablePPO": maskable_ppo,
+    "TorchRL ClipPPOLoss": torchrl,
+    "two-actor MAPPO with masks": zoo("mappo_healthy"),
+    "DDP, 2 gloo ranks": ddp,
+}
+
+
+def main() -> None:
+    print("| trainer | update rows | paired | median per-cycle KL | diagnostics |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, train) in enumerate(TRAINERS.items()):
+            report = ppo_probe.analyze(train(Path(tmp) / f"run{i}"))
+            found = ", ".join(f"{r.id} ({r.severity})" for r in report.diagnostics.itertuples()) or "none"
+            kl = report.per_cycle["kl_k3"].median()
+            print(f"| {name} | {len(report.run.pairs):,} | {report.paired_fraction:.2%} | {kl:.3g} | {found} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
