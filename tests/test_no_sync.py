@@ -53,8 +53,12 @@ def test_the_hot_path_calls_no_syncing_method(tmp_path):
     actors = {"a": make_actor(cfg), "b": make_actor(cfg)}
     optim = torch.optim.Adam([p for a in actors.values() for p in a.parameters()], lr=cfg.lr)
     calls: list[str] = []
-    # strict: a raising probe hook would re-raise here instead of being swallowed and counted
-    with ppo_probe.watch(actors, optim, out=tmp_path / "run", strict=True) as w:
+    # strict: a raising probe hook would re-raise here instead of being swallowed and counted;
+    # flush_rows=300: flushes happen while training, on the path taken when a tensor lives on an
+    # accelerator (on the CPU the probe converts at the flush on the training thread, a host copy
+    # there being no device sync)
+    with ppo_probe.watch(actors, optim, out=tmp_path / "run", strict=True, flush_rows=300) as w:
+        w.session._off_host = True
         with syncs_from_the_probe_raise(calls):
             train_bandit(cfg, actors, optim)
     assert calls == []

@@ -73,6 +73,7 @@ class Session:
         self._next_dist = 0
         self._last_dist: DistRecord | None = None
         self._next_call = 0
+        self._off_host = False  # a buffered tensor lives on an accelerator (see flush)
         # buffers
         self._gen = Generation()
         self._dists: list[DistRecord] = []
@@ -210,6 +211,8 @@ class Session:
             head=head,
         )
         self._last_dist = record
+        if logits.device.type != "cpu":
+            self._off_host = True
         self._next_dist += 1
         self.counts["dists"] += 1
         if entry_name is None:
@@ -334,6 +337,8 @@ class Session:
     # ---------------------------------------------------------------- steps and cycles
 
     def on_step_done(self, record: StepRecord) -> None:
+        if record.param_norm is not None and record.param_norm.device.type != "cpu":
+            self._off_host = True
         self._steps.append(record)
         self.seq += 1
         self.steps_in_cycle += 1
@@ -377,7 +382,24 @@ class Session:
                 "layers": layer_table,
             }
 
-        self._submit(produce)
+        if self._off_host:
+            # Host copies of accelerator tensors would block the training thread on the device:
+            # the writer thread makes them.
+            self._submit(produce)
+            return
+        # All on the CPU: convert here, in one burst, and leave only the Parquet encoding (which
+        # releases the GIL) to the writer. Python work on the writer thread while the trainer
+        # runs slows the trainer by ~4x that work through the GIL (examples/ CartPole flushed
+        # every cycle: x2.78 with conversion on the writer thread, x1.41 with it here).
+        try:
+            columns = produce()
+        except Exception as exc:  # noqa: BLE001 - recorded by the writer as its own failure
+            def failed(exc: Exception = exc) -> dict[str, dict[str, Any]]:
+                raise exc
+
+            self._submit(failed)
+        else:
+            self._submit(lambda: columns)
 
     def close(self) -> None:
         """Remove tensor hooks, flush what is left and drop references to user tensors."""
