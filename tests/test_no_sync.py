@@ -73,8 +73,8 @@ def test_the_guard_catches_a_syncing_call(tmp_path, monkeypatch):
     original = session_module.Session.on_step_done
 
     def syncing_on_step_done(self, record):  # noqa: ANN001, ANN202
-        if record.grad_norm is not None:
-            record.grad_norm.sum().item()  # a per-step sync, as a careless hook would do
+        if record.norms is not None:
+            record.norms.sum().item()  # a per-step sync, as a careless hook would do
         return original(self, record)
 
     syncing_on_step_done.__code__ = syncing_on_step_done.__code__.replace(

@@ -51,29 +51,26 @@ class StepRecorder:
             return None
         return found[1]
 
-    def _moved(self, params: list[torch.Tensor]) -> tuple[list[bool], torch.Tensor | None]:
-        """Norm of (param - snapshot) for the params that have a snapshot, stacked; then snapshot."""
+    def _diffs(self, params: list[torch.Tensor]) -> tuple[list[bool], list[torch.Tensor]]:
+        """(param - snapshot) for the params that have a snapshot; then snapshot them all."""
         snaps = [self._snapshot(p) for p in params]
         present = [s is not None for s in snaps]
         known = [i for i, ok in enumerate(present) if ok]
-        moved = None
+        diffs: list[torch.Tensor] = []
         if known:
-            diffs = torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known])
-            moved = torch.stack(torch._foreach_norm(diffs))
+            diffs = list(torch._foreach_sub([params[i] for i in known], [snaps[i] for i in known]))
         self._take_snapshots(params, snaps)
-        return present, moved
+        return present, diffs
 
+    # Few torch calls per step (each costs ~10 us of dispatch, the same for a 64-unit and a
+    # 4096-unit layer): one norm call before the step, one after, one stack of every norm.
     @torch.no_grad()
     def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         session = self._session
         params, groups = _params(optimizer)
         grads = [p.grad for p in params]
-        present = [g for g in grads if g is not None]
-        grad_norm = grad_nonzero = None
-        if present:
-            grad_norm = torch.stack(torch._foreach_norm(present))
-            grad_nonzero = torch.stack([torch.count_nonzero(g) for g in present])
-        outside_present, outside = self._moved(params)
+        outside_present, outside = self._diffs(params)
+        measured = [g for g in grads if g is not None] + outside
         record = StepRecord(
             step=session.seq,
             cycle=session.cycle,
@@ -88,21 +85,21 @@ class StepRecorder:
             requires_grad=[p.requires_grad for p in params],
             grad_present=[g is not None for g in grads],
             feeds_logits=[session.feeds_logits(p) for p in params],
-            grad_norm=grad_norm,
-            grad_nonzero=grad_nonzero,
             outside_present=outside_present,
-            outside_delta=outside,
         )
-        self._pending[id(optimizer)] = (record, params)
+        self._pending[id(optimizer)] = (record, params, list(torch._foreach_norm(measured)) if measured else [])
 
     @torch.no_grad()
     def post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         pending = self._pending.pop(id(optimizer), None)
         if pending is None:
             return
-        record, params = pending
-        record.param_norm = torch.stack(torch._foreach_norm(params)) if params else None
-        record.delta_present, record.delta_norm = self._moved(params)
+        record, params, norms = pending
+        record.delta_present, delta = self._diffs(params)
+        measured = params + delta
+        if measured:
+            norms = norms + list(torch._foreach_norm(measured))
+        record.norms = torch.stack(norms) if norms else None
         self._session.on_step_done(record)
 
     def _take_snapshots(self, params: list[torch.Tensor], snaps: list[torch.Tensor | None]) -> None:

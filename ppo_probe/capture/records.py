@@ -74,9 +74,9 @@ class CallRecord:
 
 @dataclass(eq=False)
 class StepRecord:
-    """One optimizer step. Per-parameter norms are stacked into one tensor per quantity (few
-    Python objects: buffered records must not slow the garbage collector); ``*_present`` say which
-    parameters each stacked tensor covers."""
+    """One optimizer step. Its per-parameter norms are stacked into one tensor (few Python
+    objects: buffered records must not slow the garbage collector); ``*_present`` say which
+    parameters each quantity covers."""
 
     step: int
     cycle: int
@@ -91,13 +91,11 @@ class StepRecord:
     requires_grad: list[bool]
     grad_present: list[bool]
     feeds_logits: list[bool]
-    grad_norm: torch.Tensor | None  # [sum(grad_present)]
-    grad_nonzero: torch.Tensor | None  # [sum(grad_present)]
     outside_present: list[bool]
-    outside_delta: torch.Tensor | None  # [sum(outside_present)]
-    param_norm: torch.Tensor | None = None  # [len(names)]
     delta_present: list[bool] = field(default_factory=list)
-    delta_norm: torch.Tensor | None = None  # [sum(delta_present)]
+    # every norm of the step, stacked: gradients [sum(grad_present)], outside changes
+    # [sum(outside_present)], parameters after the step [len(names)], step deltas [sum(delta_present)]
+    norms: torch.Tensor | None = None
     wall_time: float = field(default_factory=time.time)
 
 
@@ -105,7 +103,8 @@ def _host(tensors: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
     if not tensors:
         return np.empty(0, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
     try:
-        joined = torch.cat([t.to(dtype) for t in tensors])
+        # one cast of the joined tensor, not one per piece (cat promotes mixed dtypes)
+        joined = torch.cat(tensors).to(dtype)
     except RuntimeError:  # tensors on several devices
         joined = torch.cat([t.detach().to("cpu", dtype) for t in tensors])
     return joined.detach().cpu().numpy()
@@ -279,29 +278,35 @@ def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(null, type=pa.bool_()))
 
 
-def _spread(tensors: list[torch.Tensor | None], present: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """Scatter stacked per-step tensors back to one value per parameter; NaN and a mask elsewhere."""
-    mask = np.array(present, dtype=bool)
-    out = np.full(len(mask), np.nan)
-    given = [t.reshape(-1) for t in tensors if t is not None and t.numel()]
+def _step_norms(steps: list[StepRecord], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-parameter gradient, outside-change, parameter and delta norms (NaN where absent) from
+    the steps' stacked norms: one host copy for all of them."""
+    # each step's norms are the present entries of 4 blocks of n slots: grad, outside, param, delta
+    slots = np.array(
+        [v for s in steps for v in (*s.grad_present, *s.outside_present, *[True] * len(s.names),
+                                    *s.delta_present)],
+        dtype=bool,
+    )
+    values = np.full(len(slots), np.nan)
+    given = [s.norms.reshape(-1) for s in steps if s.norms is not None and s.norms.numel()]
     if given:
-        out[mask] = _host(given, torch.float64)
-    return out, ~mask
+        values[slots] = _host(given, torch.float64)
+    n = np.repeat(counts, counts)
+    first_param = np.repeat(np.cumsum(counts) - counts, counts)
+    base = np.repeat(4 * (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum())) - first_param
+    return {name: values[base + k * n] for k, name in enumerate(("grad", "outside", "param", "delta"))} | {
+        f"{name}_missing": ~slots[base + k * n] for k, name in enumerate(("grad", "outside", "param", "delta"))
+    }
 
 
 def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Columns of the steps table and of the layers table."""
     counts = np.array([len(s.names) for s in steps], dtype=np.int64)
-    grad_present = [v for s in steps for v in s.grad_present]
-    grad, grad_missing = _spread([s.grad_norm for s in steps], grad_present)
-    nonzero, _ = _spread([s.grad_nonzero for s in steps], grad_present)
-    pnorm, _ = _spread([s.param_norm for s in steps], [True] * int(counts.sum()))
-    delta, delta_missing = _spread(
-        [s.delta_norm for s in steps], [v for s in steps for v in s.delta_present]
-    )
-    outside, outside_missing = _spread(
-        [s.outside_delta for s in steps], [v for s in steps for v in s.outside_present]
-    )
+    norms = _step_norms(steps, counts)
+    grad, grad_missing = norms["grad"], norms["grad_missing"]
+    delta, delta_missing = norms["delta"], norms["delta_missing"]
+    outside, outside_missing = norms["outside"], norms["outside_missing"]
+    pnorm = norms["param"]
     numel = np.array([n for s in steps for n in s.numels], dtype=np.int64)
     step_of = np.repeat(np.arange(len(steps)), counts)
 
@@ -342,9 +347,6 @@ def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any
         "requires_grad": per_param(lambda s: s.requires_grad),
         "grad_is_none": grad_missing,
         "grad_norm": pa.array(grad, mask=grad_missing, type=pa.float32()),
-        "grad_nonzero_frac": pa.array(
-            nonzero / np.maximum(numel, 1), mask=grad_missing, type=pa.float32()
-        ),
         "param_norm": pnorm,
         "delta_norm": pa.array(delta, mask=delta_missing, type=pa.float32()),
         "outside_delta_norm": pa.array(outside, mask=outside_missing, type=pa.float32()),

@@ -337,7 +337,7 @@ class Session:
     # ---------------------------------------------------------------- steps and cycles
 
     def on_step_done(self, record: StepRecord) -> None:
-        if record.param_norm is not None and record.param_norm.device.type != "cpu":
+        if record.norms is not None and record.norms.device.type != "cpu":
             self._off_host = True
         self._steps.append(record)
         self.seq += 1

@@ -81,7 +81,6 @@ LAYERS = pa.schema(
         ("requires_grad", pa.bool_()),
         ("grad_is_none", pa.bool_()),
         ("grad_norm", pa.float32()),
-        ("grad_nonzero_frac", pa.float32()),
         ("param_norm", pa.float32()),
         ("delta_norm", pa.float32()),
         ("outside_delta_norm", pa.float32()),
