@@ -34,7 +34,10 @@ def main() -> None:
     out = None if args.out == "-" else args.out
     with ppo_probe.watch(actor, optim, out=out, strict=True) as w:
         train_bandit(cfg, {"a": actor}, optim)
-    print(f"rank {rank} wrote {w.path}", flush=True)
+    # one write per line: print() writes the text and its newline separately, and the two ranks'
+    # lines then interleave on the shared pipe
+    sys.stdout.write(f"rank {rank} wrote {w.path}\n")
+    sys.stdout.flush()
     # the ranks trained in lockstep: DDP kept their weights equal
     flat = torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
