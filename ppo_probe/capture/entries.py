@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """The first tensor input of an outermost call into a watched module."""
 

@@ -32,7 +32,7 @@ class Generation:
         self.flushed = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DistRecord:
     dist_id: int
     cycle: int
@@ -53,10 +53,10 @@ class DistRecord:
     input_mutated: bool
     gen: Generation
     head: int = 0  # 0, or 1, 2, ... for further Categoricals built from the same forward
-    grad_entropy: list[torch.Tensor] = field(default_factory=list)
+    grad_entropy: list[torch.Tensor] | None = None  # made at the first gradient hook
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class CallRecord:
     call_id: int
     dist: DistRecord
@@ -66,13 +66,14 @@ class CallRecord:
     row_index: torch.Tensor | None  # dist row of each log-prob row, None when they coincide
     action: torch.Tensor  # the trainer's action tensor (detached reference, broadcastable)
     logp: torch.Tensor  # the log_prob result (detached reference)
-    versions: tuple[int, int]  # their version counters when recorded
+    action_version: int  # their version counters when recorded
+    logp_version: int
     n: int
     gen: Generation
-    grads: list[torch.Tensor] = field(default_factory=list)
+    grads: list[torch.Tensor] | None = None  # made when a gradient hook is added
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StepRecord:
     """One optimizer step. Its per-parameter norms are stacked into one tensor (few Python
     objects: buffered records must not slow the garbage collector); ``*_present`` say which
@@ -218,7 +219,7 @@ def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _changed_since(call: CallRecord) -> bool:
-    return (call.action._version, call.logp._version) != call.versions
+    return call.action._version != call.action_version or call.logp._version != call.logp_version
 
 
 def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:

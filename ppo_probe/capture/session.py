@@ -290,7 +290,8 @@ class Session:
             row_index=row_index,
             action=action,
             logp=logp,
-            versions=(action._version, logp._version),
+            action_version=action._version,
+            logp_version=logp._version,
             n=n,
             gen=self._gen,
         )
@@ -300,6 +301,7 @@ class Session:
         self._calls.append(call)
         self._rows += n
         if grad and result.requires_grad:
+            call.grads = []
             self._add_tensor_hook(result, self._grad_hook(call.grads, call.gen))
         if phase == "sampling":
             self._maybe_flush(1)
@@ -310,6 +312,8 @@ class Session:
         try:
             record = self._dist_of.get(dist)
             if record is not None and torch.is_grad_enabled() and result.requires_grad:
+                if record.grad_entropy is None:
+                    record.grad_entropy = []
                 self._add_tensor_hook(result, self._grad_hook(record.grad_entropy, record.gen))
         except Exception as exc:  # noqa: BLE001
             self.fail("entropy capture", exc)
