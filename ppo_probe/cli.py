@@ -164,7 +164,8 @@ def print_report(report: Report) -> None:
     verdict = Text()
     verdict.append(f"{run.path}\n", style="bold")
     verdict.append(f"paired {report.paired_fraction:.1%} of {len(run.pairs)} update rows; "
-                   f"{len(report.per_cycle)} cycles, {len(report.per_step)} optimizer steps; "
+                   f"{len(report.per_cycle)} cycles, {len(report.per_step)} optimizer steps"
+                   + (f" over {len(report.per_rank)} ranks" if len(report.per_rank) > 1 else "") + "; "
                    f"target KL {report.settings['target_kl']}, clip eps {report.settings['clip_coef']:g} "
                    f"({report.settings['clip_coef_source']})\n")
     counts = report.diagnostics["severity"].value_counts()
@@ -181,10 +182,20 @@ def print_report(report: Report) -> None:
                                         f"  {d['title']}"))
             console.print(Text(f"  evidence: {d['evidence']}"), soft_wrap=True)
             console.print(Text(f"  fix:      {d['fix']}"), soft_wrap=True)
+    ranks = report.per_rank
+    several = len(ranks) > 1
+    if several:  # torch.distributed: a rank that pairs nothing or drifts stands out here
+        table = Table(title="per rank", title_justify="left", box=None, pad_edge=False)
+        for column in ranks.columns:
+            table.add_column(column, justify="right")
+        for _, row in ranks.iterrows():
+            table.add_row(*(_cell(row[c]) for c in ranks.columns))
+        console.print()
+        console.print(table)
     pc = report.per_cycle
     if len(pc):
         table = Table(title="per cycle", title_justify="left", box=None, pad_edge=False)
-        columns = [c for c in _CYCLE_COLUMNS if c in pc.columns]
+        columns = (["rank"] if several else []) + [c for c in _CYCLE_COLUMNS if c in pc.columns]
         for column in columns:
             table.add_column(column, justify="right")
         for _, row in pc.iterrows():

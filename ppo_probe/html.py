@@ -58,6 +58,7 @@ def render_html(report: Report) -> str:
             _settings(report),
             _diagnostics(report),
             _recommendation(report),
+            _rank_table(report),
             *(_plot_section(report, *spec) for spec in _PLOTS),
             _cycle_table(report),
             _actor_params(report),
@@ -208,6 +209,18 @@ def _recommendation(report: Report) -> str:
     ]
     rationale = f'<p class="rationale">{_e(r.get("rationale", ""))}</p>'
     return f'<section id="recommendation"><h2>Recommendation</h2>{_dl(items)}{rationale}</section>'
+
+
+def _rank_table(report: Report) -> str:
+    """Each rank's steps, cycles, paired fraction and KL, for runs of several ranks (else empty)."""
+    ranks = report.per_rank
+    if len(ranks) < 2:
+        return ""
+    table = ranks.to_html(
+        index=False, escape=True, na_rep=_NA, border=0, classes="metrics",
+        float_format=lambda x: f"{x:.4g}",
+    )  # fmt: skip
+    return f'<section id="per-rank"><h2>Per-rank summary</h2><div class="scroll">{table}</div></section>'
 
 
 def _cycle_table(report: Report) -> str:

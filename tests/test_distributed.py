@@ -90,3 +90,14 @@ def test_default_out_is_shared_by_the_ranks(tmp_path):
     run = ppo_probe.load(runs[0])
     assert run.meta["world_size"] == 2 and run.pairs["paired"].all()
     assert sorted(pd.unique(run.pairs["rank"])) == [0, 1]
+
+
+def test_terminal_and_html_reports_show_each_rank(healthy, tmp_path):
+    proc = subprocess.run(["ppo-probe", "report", str(healthy), "--html", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "over 2 ranks" in proc.stdout and "per rank" in proc.stdout
+    cycle_header = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("rank  cycle"))
+    assert cycle_header  # per-cycle rows say which rank they belong to
+    html = (tmp_path / "r.html").read_text()
+    assert '<section id="per-rank">' in html and html.count("<td>complete</td>") == 2

@@ -81,7 +81,7 @@ class Report:
                 lines.append("per rank:")
                 lines.append(ranks.to_string(index=False, float_format=_fmt))
         if not self.per_cycle.empty:
-            cols = [c for c in _SUMMARY_COLUMNS if c in self.per_cycle]
+            cols = (["rank"] if len(ranks) > 1 else []) + [c for c in _SUMMARY_COLUMNS if c in self.per_cycle]
             with pd.option_context("display.width", 200, "display.max_columns", 30):
                 lines.append(self.per_cycle[cols].to_string(index=False, float_format=_fmt))
         if self.diagnostics.empty:
