@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import traceback
 import weakref
 from collections.abc import Iterable
@@ -66,7 +68,9 @@ class Session:
         self.seen_sample = False
         self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
-        self._dist_of: weakref.WeakKeyDictionary[Any, DistRecord] = weakref.WeakKeyDictionary()
+        # id(Categorical) -> (weak reference to it, its record); looked up without allocating
+        # (a WeakKeyDictionary makes a weak reference per lookup); dead entries go at each flush
+        self._dist_of: dict[int, tuple[weakref.ref, DistRecord]] = {}
         self._names: dict[int, str] = {}
         self._module_params: set[int] = set()
         self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
@@ -159,19 +163,27 @@ class Session:
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
+    def _record_of(self, dist: Any) -> DistRecord | None:
+        found = self._dist_of.get(id(dist))
+        return found[1] if found is not None and found[0]() is dist else None
+
     def _record_dist(self, dist: Any, source: torch.Tensor | None) -> None:
         grad = torch.is_grad_enabled()
         state = dist.__dict__
         param = state["_param"]
         batch_shape = tuple(dist.batch_shape)
-        rows = int(torch.Size(batch_shape).numel())
+        rows = math.prod(batch_shape)
         k = int(dist._num_events)
+        logits = state.get("logits")
         with torch.no_grad():
-            logits = state.get("logits")
-            logits = (logits if logits is not None else torch.log(state["probs"])).detach()
-            logits = logits.reshape(rows, k)
+            if logits is None:
+                logits = torch.log(state["probs"])
+            if logits.requires_grad:
+                logits = logits.detach()
+            if logits.dim() != 2:
+                logits = logits.reshape(rows, k)
 
-        previous = self._dist_of.get(dist)  # a subclass re-running __init__ (e.g. masking)
+        previous = self._record_of(dist)  # a subclass re-running __init__ (e.g. masking)
         fingerprint = None
         if previous is not None and previous.batch_shape == batch_shape:
             actor, entry_name, head = previous.actor, previous.entry, previous.head
@@ -217,7 +229,7 @@ class Session:
         self.counts["dists"] += 1
         if entry_name is None:
             self.counts["unattributed_dists"] += 1
-        self._dist_of[dist] = record
+        self._dist_of[id(dist)] = (weakref.ref(dist), record)
         self._dists.append(record)
         self._buffered_bytes += logits.numel() * logits.element_size()
         if fp_input is not None:
@@ -246,7 +258,7 @@ class Session:
             self.seen_sample = True
             if self.steps_in_cycle > 0:
                 self._new_cycle()
-                record = self._dist_of.get(dist)
+                record = self._record_of(dist)
                 if record is not None:
                     record.cycle, record.seq = self.cycle, self.seq
         except Exception as exc:  # noqa: BLE001
@@ -259,7 +271,7 @@ class Session:
             self.fail("log_prob capture", exc)
 
     def _record_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
-        record = self._dist_of.get(dist)
+        record = self._record_of(dist)
         if record is None or not isinstance(value, torch.Tensor):
             self.counts["untracked_log_prob_calls"] += 1
             return
@@ -310,7 +322,7 @@ class Session:
 
     def on_entropy(self, dist: Any, result: torch.Tensor) -> None:
         try:
-            record = self._dist_of.get(dist)
+            record = self._record_of(dist)
             if record is not None and torch.is_grad_enabled() and result.requires_grad:
                 if record.grad_entropy is None:
                     record.grad_entropy = []
@@ -369,6 +381,7 @@ class Session:
         calls, dists, steps = self._calls, self._dists, self._steps
         if not (calls or dists or steps):
             return
+        self._dist_of = {key: found for key, found in self._dist_of.items() if found[0]() is not None}
         self._gen.flushed = True
         self._gen = Generation()
         self._calls, self._dists, self._steps = [], [], []
