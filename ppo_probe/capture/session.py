@@ -174,14 +174,14 @@ class Session:
         batch_shape = tuple(dist.batch_shape)
         rows = math.prod(batch_shape)
         k = int(dist._num_events)
+        # detached, so no graph is recorded: no no_grad() block needed (it costs more than these)
         logits = state.get("logits")
-        with torch.no_grad():
-            if logits is None:
-                logits = torch.log(state["probs"])
-            if logits.requires_grad:
-                logits = logits.detach()
-            if logits.dim() != 2:
-                logits = logits.reshape(rows, k)
+        if logits is None:
+            logits = torch.log(state["probs"].detach())
+        elif logits.requires_grad:
+            logits = logits.detach()
+        if logits.dim() != 2:
+            logits = logits.reshape(rows, k)
 
         previous = self._record_of(dist)  # a subclass re-running __init__ (e.g. masking)
         fingerprint = None
@@ -223,7 +223,7 @@ class Session:
             head=head,
         )
         self._last_dist = record
-        if logits.device.type != "cpu":
+        if not logits.is_cpu:
             self._off_host = True
         self._next_dist += 1
         self.counts["dists"] += 1
@@ -242,8 +242,7 @@ class Session:
             return "unattributed", None, None, False
         if entry.tensor._version != entry.version:  # changed in place between forward and here
             return entry.actor, entry.module, None, True
-        with torch.no_grad():
-            kept = entry.tensor.detach().reshape(rows, -1).clone()
+        kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
         return entry.actor, entry.module, kept, False
 
     def _discover_actor(self, logits_param: torch.Tensor) -> None:
@@ -353,7 +352,7 @@ class Session:
     # ---------------------------------------------------------------- steps and cycles
 
     def on_step_done(self, record: StepRecord) -> None:
-        if record.norms is not None and record.norms.device.type != "cpu":
+        if record.norms is not None and not record.norms.is_cpu:
             self._off_host = True
         self._steps.append(record)
         self.seq += 1
