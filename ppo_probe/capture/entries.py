@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -127,7 +128,7 @@ class EntryTracker:
         self._open = entry
 
     def attribute(
-        self, grad_enabled: bool, batch_shape: torch.Size, source: torch.Tensor | None = None
+        self, grad_enabled: bool, batch_shape: tuple[int, ...], source: torch.Tensor | None = None
     ) -> tuple[Entry | None, int]:
         """The entry for the next Categorical and its head: 0, or 1, 2, ... for further
         Categoricals built from the same forward with no forward in between whose logits
@@ -145,7 +146,7 @@ class EntryTracker:
                 and at[0] == prev[0]
                 and at[1] > prev[1]
                 and sibling.grad_enabled == grad_enabled
-                and tuple(sibling.tensor.shape[: len(batch_shape)]) == tuple(batch_shape)
+                and sibling.tensor.shape[: len(batch_shape)] == batch_shape
             ):
                 self._head += 1
                 self._head_at = at
@@ -155,13 +156,17 @@ class EntryTracker:
         self._head_of = None
         self._head_at = at
         n = len(batch_shape)
-        same_phase = [e for e in self.pending if e.grad_enabled == grad_enabled]
-        candidates = [e for e in same_phase if tuple(e.tensor.shape[:n]) == tuple(batch_shape)]
+        candidates = [
+            e for e in self.pending if e.grad_enabled == grad_enabled and e.tensor.shape[:n] == batch_shape
+        ]
         if not candidates and n:
             # logits reshaped between the forward and the distribution ([B*T, D] in, [B, T, K]
             # out): row-major rows still correspond one to one when the row counts agree
-            rows = batch_shape.numel()
-            candidates = [e for e in same_phase if e.tensor.dim() >= 2 and e.tensor.shape[:-1].numel() == rows]
+            rows = math.prod(batch_shape)
+            candidates = [
+                e for e in self.pending
+                if e.grad_enabled == grad_enabled and e.tensor.dim() >= 2 and e.tensor.shape[:-1].numel() == rows
+            ]  # fmt: skip
         self.pending.clear()
         if self.depth and self._open is not None and any(e is self._open for e in candidates):
             # built inside a watched forward that is still running (SB3's policy.forward): that

@@ -190,7 +190,7 @@ class Session:
             fp_input, fingerprint = previous.fp_input, previous.fingerprint
             mutated = previous.input_mutated
         else:
-            entry, head = self.entries.attribute(grad, torch.Size(batch_shape), source)
+            entry, head = self.entries.attribute(grad, batch_shape, source)
             first = self._last_dist
             if head and first is not None and first.rows == rows and first.entry == entry.module:
                 # a further head of the same forward: share the first head's kept input rows
