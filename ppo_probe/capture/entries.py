@@ -23,6 +23,14 @@ class Entry:
     version: int
     grad_enabled: bool
     requires_grad: bool
+    # a dict observation (SB3's MultiInputPolicy): its tensors, by key; ``tensor`` is the first
+    parts: tuple[torch.Tensor, ...] | None = None
+
+    def current_version(self) -> int:
+        """The version counter now (summed over a dict's tensors: any in-place write raises it)."""
+        if self.parts is None:
+            return self.tensor._version
+        return sum(p._version for p in self.parts)
 
 
 def first_tensor(args: Iterable[Any], kwargs: dict[str, Any] | None = None) -> torch.Tensor | None:
@@ -32,6 +40,17 @@ def first_tensor(args: Iterable[Any], kwargs: dict[str, Any] | None = None) -> t
     for value in (kwargs or {}).values():
         if isinstance(value, torch.Tensor):
             return value
+    return None
+
+
+def first_dict_of_tensors(args: Iterable[Any]) -> tuple[torch.Tensor, ...] | None:
+    """The tensors of the first plain-dict argument whose values are all tensors with common
+    leading dims (a dict observation), in key order; None if there is none."""
+    for value in args:
+        if type(value) is dict and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            parts = tuple(value[k] for k in sorted(value, key=str))
+            if all(p.dim() >= 1 and p.shape[0] == parts[0].shape[0] for p in parts):
+                return parts
     return None
 
 
@@ -68,7 +87,7 @@ class EntryTracker:
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             try:
                 if self.depth == 0 or self._tensorless:
-                    self._enter(actor, name, first_tensor(args, kwargs))
+                    self._enter(actor, name, first_tensor(args, kwargs), args)
             except Exception as exc:  # noqa: BLE001 - never break the trainer
                 self._on_error("forward hook", exc)
             self.depth += 1
@@ -81,9 +100,9 @@ class EntryTracker:
         def pre(mod: nn.Module, args: tuple) -> None:
             try:
                 if self.depth == 0:
-                    self._enter("auto", self._root_label(mod), first_tensor(args))
+                    self._enter("auto", self._root_label(mod), first_tensor(args), args)
                 elif self._tensorless:
-                    self._enter("auto", self._root_label(self._outer), first_tensor(args))
+                    self._enter("auto", self._root_label(self._outer), first_tensor(args), args)
                 if self.depth == 0:
                     self._outer = mod
             except Exception as exc:  # noqa: BLE001
@@ -110,7 +129,12 @@ class EntryTracker:
         self.roots[id(module)] = (weakref.ref(module), label)
         return label
 
-    def _enter(self, actor: str, module: str, tensor: torch.Tensor | None) -> None:
+    def _enter(self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = ()) -> None:
+        parts = None
+        if tensor is None:
+            # a dict observation: all its tensors together are the input row
+            parts = first_dict_of_tensors(args)
+            tensor = parts[0] if parts else None
         # An outermost call without a tensor argument (TorchRL modules take a TensorDict): the
         # first nested call that has one stands for it.
         self._tensorless = tensor is None
@@ -120,9 +144,10 @@ class EntryTracker:
             actor=actor,
             module=module,
             tensor=tensor,
-            version=tensor._version,
+            version=tensor._version if parts is None else sum(p._version for p in parts),
             grad_enabled=torch.is_grad_enabled(),
-            requires_grad=tensor.requires_grad,
+            requires_grad=tensor.requires_grad if parts is None else any(p.requires_grad for p in parts),
+            parts=parts,
         )
         self.pending.append(entry)
         self._open = entry

@@ -240,9 +240,12 @@ class Session:
         flush, so a buffer the trainer overwrites later still pairs."""
         if entry is None:
             return "unattributed", None, None, False
-        if entry.tensor._version != entry.version:  # changed in place between forward and here
+        if entry.current_version() != entry.version:  # changed in place between forward and here
             return entry.actor, entry.module, None, True
-        kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
+        if entry.parts is None:
+            kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
+        else:  # a dict observation: its tensors side by side, in key order (cat copies)
+            kept = torch.cat([p.detach().reshape(rows, -1) for p in entry.parts], dim=1)
         return entry.actor, entry.module, kept, False
 
     def _discover_actor(self, logits_param: torch.Tensor) -> None:
