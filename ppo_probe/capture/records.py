@@ -250,7 +250,12 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         summed = [torch.stack(c.grads).sum(0) if len(c.grads) > 1 else c.grads[0] for c in grad_calls]
         grad[has_grad] = _host(summed, torch.float32)
 
-    actions = [torch.broadcast_to(c.action, c.logp.shape).reshape(-1) for c in calls]
+    # [B] actions and log-probs, the common case, need no view per call
+    actions = [
+        c.action if c.action.dim() == 1 and c.action.shape == c.logp.shape
+        else torch.broadcast_to(c.action, c.logp.shape).reshape(-1)
+        for c in calls
+    ]  # fmt: skip
     columns = {
         "cycle": per_call([c.cycle for c in calls]),
         "seq": per_call([c.seq for c in calls]),
@@ -262,7 +267,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "call_rows": per_call([c.n for c in calls]),
         "fingerprint": pa.array(fingerprint, mask=~has_fp, type=pa.int64()),
         "action": _host(actions, torch.int64),
-        "logp": _host([c.logp.reshape(-1) for c in calls], torch.float32),
+        "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
         "logits": _logits_column(calls, counts),
     }
@@ -273,8 +278,11 @@ def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
     kept = [c for c in calls if c.dist.keep_logits]
     lengths = np.repeat([c.dist.n_categories if c.dist.keep_logits else 0 for c in calls], counts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = [_rows_of(c, c.dist.logits).reshape(-1) for c in kept]
-    values = pa.array(_host(flat, torch.float32), type=pa.float32())
+    rows = [_rows_of(c, c.dist.logits) for c in kept]
+    if len({r.shape[1] for r in rows}) == 1:  # one K: join the [rows, K] blocks, flatten once
+        values = pa.array(_host([torch.cat(rows).reshape(-1)], torch.float32), type=pa.float32())
+    else:
+        values = pa.array(_host([r.reshape(-1) for r in rows], torch.float32), type=pa.float32())
     null = np.repeat([not c.dist.keep_logits for c in calls], counts)
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(null, type=pa.bool_()))
 
