@@ -71,6 +71,7 @@ class Session:
         # id(Categorical) -> (weak reference to it, its record); looked up without allocating
         # (a WeakKeyDictionary makes a weak reference per lookup); dead entries go at each flush
         self._dist_of: dict[int, tuple[weakref.ref, DistRecord]] = {}
+        self._dist_of_limit = 256  # pruned past this: few retained objects for the collector
         self._names: dict[int, str] = {}
         self._module_params: set[int] = set()
         self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
@@ -163,6 +164,10 @@ class Session:
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
+    def _prune_dist_of(self) -> None:
+        self._dist_of = {key: found for key, found in self._dist_of.items() if found[0]() is not None}
+        self._dist_of_limit = max(256, 2 * len(self._dist_of))
+
     def _record_of(self, dist: Any) -> DistRecord | None:
         found = self._dist_of.get(id(dist))
         return found[1] if found is not None and found[0]() is dist else None
@@ -230,6 +235,8 @@ class Session:
         if entry_name is None:
             self.counts["unattributed_dists"] += 1
         self._dist_of[id(dist)] = (weakref.ref(dist), record)
+        if len(self._dist_of) > self._dist_of_limit:
+            self._prune_dist_of()
         self._dists.append(record)
         self._buffered_bytes += logits.numel() * logits.element_size()
         if fp_input is not None:
@@ -383,7 +390,7 @@ class Session:
         calls, dists, steps = self._calls, self._dists, self._steps
         if not (calls or dists or steps):
             return
-        self._dist_of = {key: found for key, found in self._dist_of.items() if found[0]() is not None}
+        self._prune_dist_of()
         self._gen.flushed = True
         self._gen = Generation()
         self._calls, self._dists, self._steps = [], [], []
