@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 import traceback
 import weakref
 from collections.abc import Iterable
@@ -69,7 +68,8 @@ class Session:
         self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
         # id(Categorical) -> (weak reference to it, its record); looked up without allocating
-        # (a WeakKeyDictionary makes a weak reference per lookup); dead entries go at each flush
+        # (a WeakKeyDictionary makes a weak reference per lookup); dead entries are pruned as the
+        # table grows and at each flush
         self._dist_of: dict[int, tuple[weakref.ref, DistRecord]] = {}
         self._dist_of_limit = 256  # pruned past this: few retained objects for the collector
         self._names: dict[int, str] = {}
