@@ -25,19 +25,23 @@ class _Capture(KVWriter):
         pass
 
 
-@pytest.fixture(scope="module")
-def sb3_run(tmp_path_factory):
-    # lr high enough that clipping happens, so the clip-fraction comparison is not 0 == 0
+def _learn_logged(env, n_epochs: int, cycles: int, out):
+    """SB3 PPO (lr high enough that clipping happens, so clip-fraction comparisons are not
+    0 == 0) under the probe; returns the report and what SB3 itself logged per update."""
     model = sb3.PPO(
-        "MlpPolicy", "CartPole-v1", n_steps=256, batch_size=64, n_epochs=6,
+        "MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=n_epochs,
         learning_rate=3e-3, seed=0, device="cpu", verbose=0,
     )  # fmt: skip
     capture = _Capture()
     model.set_logger(Logger(folder=None, output_formats=[capture]))
-    out = tmp_path_factory.mktemp("sb3") / "run"
     with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, strict=True) as w:
-        model.learn(total_timesteps=256 * 6)
+        model.learn(total_timesteps=256 * cycles)
     return ppo_probe.analyze(w.path), capture.dumps
+
+
+@pytest.fixture(scope="module")
+def sb3_run(tmp_path_factory):
+    return _learn_logged("CartPole-v1", 6, 6, tmp_path_factory.mktemp("sb3") / "run")
 
 
 def test_sb3_pairs_every_update_row(sb3_run):
@@ -99,16 +103,7 @@ class _TwoHeadBandit:
 
 @pytest.fixture(scope="module")
 def sb3_multidiscrete_run(tmp_path_factory):
-    model = sb3.PPO(
-        "MlpPolicy", _TwoHeadBandit(), n_steps=256, batch_size=64, n_epochs=4,
-        learning_rate=3e-3, seed=0, device="cpu", verbose=0,
-    )  # fmt: skip
-    capture = _Capture()
-    model.set_logger(Logger(folder=None, output_formats=[capture]))
-    out = tmp_path_factory.mktemp("sb3md") / "run"
-    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, strict=True) as w:
-        model.learn(total_timesteps=256 * 5)
-    return ppo_probe.analyze(w.path), capture.dumps
+    return _learn_logged(_TwoHeadBandit(), 4, 5, tmp_path_factory.mktemp("sb3md") / "run")
 
 
 def test_sb3_multidiscrete_pairs_each_head(sb3_multidiscrete_run):
