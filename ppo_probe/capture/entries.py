@@ -28,9 +28,11 @@ class Entry:
 
     def current_version(self) -> int:
         """The version counter now (summed over a dict's tensors: any in-place write raises it)."""
-        if self.parts is None:
-            return self.tensor._version
-        return sum(p._version for p in self.parts)
+        return _version_of(self.tensor, self.parts)
+
+
+def _version_of(tensor: torch.Tensor, parts: tuple[torch.Tensor, ...] | None) -> int:
+    return tensor._version if parts is None else sum(p._version for p in parts)
 
 
 def first_tensor(args: Iterable[Any], kwargs: dict[str, Any] | None = None) -> torch.Tensor | None:
@@ -144,7 +146,7 @@ class EntryTracker:
             actor=actor,
             module=module,
             tensor=tensor,
-            version=tensor._version if parts is None else sum(p._version for p in parts),
+            version=_version_of(tensor, parts),
             grad_enabled=torch.is_grad_enabled(),
             requires_grad=tensor.requires_grad if parts is None else any(p.requires_grad for p in parts),
             parts=parts,

@@ -300,12 +300,15 @@ def _step_norms(steps: list[StepRecord], counts: np.ndarray) -> dict[str, np.nda
     given = [s.norms.reshape(-1) for s in steps if s.norms is not None and s.norms.numel()]
     if given:
         values[slots] = _host(given, torch.float64)
+    # parameter j of a step with n parameters whose slots start at 4 * start: slot 4 * start + j + b * n
+    start = np.repeat(np.cumsum(counts) - counts, counts)
     n = np.repeat(counts, counts)
-    first_param = np.repeat(np.cumsum(counts) - counts, counts)
-    base = np.repeat(4 * (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum())) - first_param
-    return {name: values[base + k * n] for k, name in enumerate(("grad", "outside", "param", "delta"))} | {
-        f"{name}_missing": ~slots[base + k * n] for k, name in enumerate(("grad", "outside", "param", "delta"))
-    }
+    j = np.arange(int(counts.sum())) - start
+    out: dict[str, np.ndarray] = {}
+    for b, name in enumerate(("grad", "outside", "param", "delta")):
+        index = 4 * start + j + b * n
+        out[name], out[f"{name}_missing"] = values[index], ~slots[index]
+    return out
 
 
 def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -416,7 +416,8 @@ class Session:
         # All on the CPU: convert here, in one burst, and leave only the Parquet encoding (which
         # releases the GIL) to the writer. Python work on the writer thread while the trainer
         # runs slows the trainer by ~4x that work through the GIL (examples/ CartPole flushed
-        # every cycle: x2.78 with conversion on the writer thread, x1.41 with it here).
+        # every cycle: 2.5x plain with conversion on the writer thread, 1.6x with it here;
+        # benchmarks/overhead_parts.py prints the current figure).
         try:
             columns = produce()
         except Exception as exc:  # noqa: BLE001 - recorded by the writer as its own failure

@@ -88,7 +88,8 @@ LAYERS = pa.schema(
     ]
 )
 
-#: Columns added after version 1, with the value older parts read as (one head per forward).
+#: Columns added after version 1, with the value older parts read as (head 0: one head per
+#: forward; no non-finite rows counted).
 ADDED_COLUMNS: dict[tuple[str, str], int] = {
     ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
 }
