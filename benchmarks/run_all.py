@@ -1,6 +1,7 @@
 """The benchmark suite in one table: overhead vs plain and vs peers, memory, analysis, storage.
 
-Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--hidden 512] [--batch 4096]
+Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--long-timesteps 102400]
+                                    [--hidden 512] [--batch 4096]
                                     [--cycles 8] [--mem-cycles 200] [--pairs 1000000]
                                     [--quick] [--skip-analysis]
 
@@ -9,8 +10,11 @@ Cases, each a ratio measured in this one process: every repeat runs plain, watch
 benchmarks/peers.py, in an order rotated by one each repeat; each variant's time is the median
 over repeats and each ratio the median of the per-repeat ratios to that repeat's plain run.
 
-- cartpole tiny MLP: examples/cartpole_ppo.py ``train()`` (target watched / plain <= 1.05);
-- 3x512 MLP: benchmarks/device_ppo.py's trainer on the CPU (target <= 1.02);
+- cartpole tiny MLP: examples/cartpole_ppo.py ``train()`` (target watched / plain <= 1.05), at
+  16 cycles (the default schedule records 9 of them) with the watch recording every cycle
+  (``every=1``) beside it, and at 200 cycles (27 recorded) against plain and the manual peer;
+- 3x512 MLP: benchmarks/device_ppo.py's trainer on the CPU (target <= 1.02), 8 cycles (all of
+  them recorded by the default schedule);
 - memory: RSS growth of a watched device_ppo run (small MLP) from the end of cycle 10 to the end
   of cycle 200 (target < 50 MB), in a fresh process; a plain run's growth is printed beside it;
 - analysis: ``ppo_probe.analyze`` of a run of --pairs paired update rows built by
@@ -47,6 +51,7 @@ from peers import HISTOGRAM_RECORDS, MANUAL_RECORDS, PROBE_RECORDS, HistogramPee
 import ppo_probe
 
 VARIANTS = ("plain", "watched", "manual", "histogram")
+ALL_CYCLES = "watched every=1"  # the watch recording every cycle, not its default schedule
 Runner = Callable[[str, Path, int], float]  # (variant, out dir, size) -> seconds
 
 
@@ -62,6 +67,9 @@ def instrument(
         yield
     elif variant == "watched":
         with ppo_probe.watch(actor, optim, out=out):
+            yield
+    elif variant == ALL_CYCLES:
+        with ppo_probe.watch(actor, optim, out=out, every=1):
             yield
     else:
         with (ManualPeer if variant == "manual" else HistogramPeer)(actor, optim):
@@ -100,26 +108,39 @@ def bytes_per_row(run_dir: Path) -> float:
     return meta["bytes_written"]["samples"] / meta["rows_written"]["samples"]
 
 
-def bench_case(name: str, run: Runner, size: int, warm_size: int, repeats: int, tmp: Path) -> dict:
+def bench_case(
+    name: str,
+    run: Runner,
+    size: int,
+    warm_size: int,
+    repeats: int,
+    tmp: Path,
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict:
     """Alternated A/B/C/D: median time per variant, median per-repeat ratio to plain."""
-    for variant in VARIANTS:  # warm-up: imports, allocator, env registration, hooks
+    for variant in variants:  # warm-up: imports, allocator, env registration, hooks
         run(variant, tmp / f"{name}-warm-{variant}", warm_size)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(repeats):
-        order = VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]
+        order = variants[i % len(variants) :] + variants[: i % len(variants)]
         for variant in order:
             times[variant].append(run(variant, tmp / f"{name}-{i}-{variant}", size))
-        log(f"  {name} repeat {i}: " + "  ".join(f"{v} {times[v][-1]:.3f}s" for v in VARIANTS))
+        log(f"  {name} repeat {i}: " + "  ".join(f"{v} {times[v][-1]:.3f}s" for v in variants))
     ratios = {
-        v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in VARIANTS
+        v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in variants
     }
-    best = {v: min(times[v]) / min(times["plain"]) for v in VARIANTS}
+    best = {v: min(times[v]) / min(times["plain"]) for v in variants}
     return {
         "time": {v: statistics.median(t) for v, t in times.items()},
         "ratio": ratios,
         "best": best,
         "bytes": bytes_per_row(tmp / f"{name}-{repeats - 1}-watched"),
     }
+
+
+def _recorded(cycles: int) -> int:
+    """Cycles the default schedule records out of ``cycles``."""
+    return sum(ppo_probe.watch().settings.scheduled(c) for c in range(cycles))
 
 
 def rss_mb() -> float:
@@ -201,6 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=8192, help="cartpole timesteps per run")
+    parser.add_argument("--long-timesteps", type=int, default=102_400,
+                        help="timesteps of the long cartpole case (200 cycles; CleanRL's default "
+                             "run is 500,000 = 976 cycles)")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--cycles", type=int, default=8, help="cycles per run of the 3xN MLP case")
@@ -217,6 +241,7 @@ def main() -> None:
         return
     if args.quick:
         args.repeats, args.timesteps, args.cycles = min(args.repeats, 2), 1024, 1
+        args.long_timesteps = 512 * 24
         args.hidden, args.batch, args.mem_cycles, args.pairs = 128, 1024, 30, 50_000
     began = time.perf_counter()
     header = machine()
@@ -233,19 +258,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         log(f"cartpole tiny MLP, {args.timesteps} timesteps, {args.repeats} repeats")
-        cart = bench_case("cartpole", cartpole_runner(), args.timesteps, 1024, args.repeats, t)
+        runner = cartpole_runner()
+        cart = bench_case("cartpole", runner, args.timesteps, 1024, args.repeats, t,
+                          (*VARIANTS, ALL_CYCLES))
+        cycles = args.timesteps // 512
+        log(f"cartpole tiny MLP, long: {args.long_timesteps} timesteps, {args.repeats} repeats")
+        long = bench_case("cartpole-long", runner, args.long_timesteps, 1024, args.repeats, t,
+                          ("plain", "watched", "manual"))
         log(f"{mlp_name}, {args.cycles} cycles, {args.repeats} repeats")
         big = bench_case("mlp", mlp_runner(mlp), args.cycles, 1, args.repeats, t)
-        for name, res, target in (("cartpole tiny MLP", cart, 1.05), (mlp_name, big, 1.02)):
+        cases = (
+            (f"cartpole tiny MLP, {cycles} cycles", cart, 1.05),
+            (f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", long, 1.05),
+            (f"{mlp_name}, {args.cycles} cycles", big, 1.02),
+        )
+        for name, res, target in cases:
             tm, r = res["time"], res["ratio"]
             cells = [name, f"{tm['plain']:.3f}", f"{tm['watched']:.3f}"]
             cells.append(mark(r["watched"], target, ".3f"))
-            cells += [mark(r[peer], r["watched"], ".3f", ">", "probe") for peer in VARIANTS[2:]]
+            cells += [mark(r[peer], r["watched"], ".3f", ">", "probe") if peer in r else ""
+                      for peer in VARIANTS[2:]]
             rows.append(dict(zip(cols, cells)) | {cols[-1]: mark(res["bytes"], 24, ".1f")})
-            best = ", ".join(f"{v} {res['best'][v]:.3f}" for v in VARIANTS[1:])
+            if ALL_CYCLES in r:
+                rows.append({cols[0]: f"{name}, every=1 (every cycle recorded)",
+                             cols[2]: f"{tm[ALL_CYCLES]:.3f}",
+                             cols[3]: f"{r[ALL_CYCLES]:.3f} (no target: the cost per recorded cycle)"})
+            best = ", ".join(f"{v} {res['best'][v]:.3f}" for v in res["best"] if v != "plain")
             notes.append(
                 f"{name}: best-of-{args.repeats} ratios (min / min plain, a noise check): {best}"
             )
+        notes.append(
+            "the watch's default schedule records cycles 0-7, then every 10th (10, 20, ...): "
+            f"{_recorded(cycles)} of {cycles}, {_recorded(args.long_timesteps // 512)} of "
+            f"{args.long_timesteps // 512} and {_recorded(args.cycles)} of {args.cycles} cycles above"
+        )
         log(f"memory: 10 -> {args.mem_cycles} cycles, plain then watched, each in a fresh process")
         plain_growth, plain_s = memory_child("plain", args.mem_cycles, t / "mem-plain")
         growth, watched_s = memory_child("watched", args.mem_cycles, t / "mem-watched")

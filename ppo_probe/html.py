@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .analysis.report import schedule_text
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -111,7 +113,7 @@ def _header(report: Report) -> str:
         ),
         ("optimizers", ", ".join(optimizers)),
         ("ranks", meta.get("world_size")),
-        ("cycles", len(report.per_cycle)),
+        ("cycles", schedule_text(meta) or len(report.per_cycle)),
         ("optimizer steps", len(report.per_step)),
         ("update rows", len(pairs)),
         ("paired rows", paired),

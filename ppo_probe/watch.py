@@ -8,8 +8,9 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -119,6 +120,13 @@ class Watch:
         optim: the optimizer, a list of optimizers, or None to watch every optimizer that steps.
         out: run directory; default ``$PPO_PROBE_DIR/<timestamp>`` or
             ``./ppo_probe_runs/<timestamp>``.
+        every: after the first ``first_cycles`` cycles, record the cycles whose number is a
+            multiple of ``every`` (10: cycles 10, 20, ...); 1 records every cycle. A skipped
+            cycle costs the trainer next to nothing: the forward hooks are detached and the
+            Categorical and optimizer hooks only count steps and find the next cycle. A
+            Categorical that fails to build (NaN logits) is noted in any cycle.
+        first_cycles: the cycles recorded before the schedule thins out (where most structural
+            bugs show); 8 by default.
         keep_logits_max_k: keep the full normalized logits of each row (for exact KL) when the
             number of categories is at most this; 0 disables.
         flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
@@ -137,6 +145,8 @@ class Watch:
         optim: Optim = None,
         *,
         out: str | os.PathLike[str] | None = None,
+        every: int = 10,
+        first_cycles: int = 8,
         keep_logits_max_k: int = 64,
         flush_rows: int = 65_536,
         overwrite: bool = False,
@@ -144,6 +154,9 @@ class Watch:
     ) -> None:
         self.actors = _actors(actor)
         self.optimizers = _optimizers(optim)
+        for name, value, least in (("every", every, 1), ("first_cycles", first_cycles, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if keep_logits_max_k < 0:
@@ -152,7 +165,11 @@ class Watch:
         self._default_path = out is None
         self._rank = 0
         self.settings = Settings(
-            keep_logits_max_k=keep_logits_max_k, flush_rows=flush_rows, strict=strict
+            keep_logits_max_k=keep_logits_max_k,
+            flush_rows=flush_rows,
+            strict=strict,
+            first_cycles=first_cycles,
+            every=every,
         )
         self.overwrite = overwrite
         self.session: Session | None = None
@@ -195,8 +212,19 @@ class Watch:
             self.session = session
             stack.callback(self._finish)  # runs last: flush, join the writer, final meta.json
             stack.enter_context(categorical.attach(session))
-            self._attach_modules(stack, session)
-            self._attach_optimizers(stack, session)
+            hooks = self._attach_modules(stack, session)
+            recorder = self._attach_optimizers(stack, session)
+
+            def suspend() -> None:  # a cycle the schedule skips begins
+                hooks.detach()
+                recorder.drop_snapshots()
+                session.entries.forget()
+
+            def resume() -> None:
+                session.entries.reset()
+                hooks.attach()
+
+            session.suspend, session.resume = suspend, resume
         except BaseException:
             stack.close()
             raise
@@ -219,13 +247,16 @@ class Watch:
                 shutil.rmtree(path / table / f"rank={rank}", ignore_errors=True)
             own.unlink()
 
-    def _attach_modules(self, stack: ExitStack, session: Session) -> None:
+    def _attach_modules(self, stack: ExitStack, session: Session) -> ModuleHooks:
         tracker = session.entries
+        hooks = ModuleHooks()
+        stack.callback(hooks.detach)
         if not self.actors:
             pre, post = tracker.global_hooks()
-            stack.enter_context(module_hooks.register_module_forward_pre_hook(pre))
-            stack.enter_context(module_hooks.register_module_forward_hook(post, always_call=True))
-            return
+            hooks.add(lambda: module_hooks.register_module_forward_pre_hook(pre))
+            hooks.add(lambda: module_hooks.register_module_forward_hook(post, always_call=True))
+            hooks.attach()
+            return hooks
         for key, root in self.actors.items():
             session.name_params(key, root, prefix=len(self.actors) > 1)
             # The root and its direct children are where trainers enter a policy from outside
@@ -237,10 +268,12 @@ class Watch:
                 modules = [("", root), *[(n, m) for n, m in root.named_modules() if n]]
             for name, module in modules:
                 pre, post = tracker.hooks_for(key, module, name or type(root).__name__)
-                stack.enter_context(module.register_forward_pre_hook(pre, with_kwargs=True))
-                stack.enter_context(module.register_forward_hook(post, always_call=True))
+                hooks.add(partial(module.register_forward_pre_hook, pre, with_kwargs=True))
+                hooks.add(partial(module.register_forward_hook, post, always_call=True))
+        hooks.attach()
+        return hooks
 
-    def _attach_optimizers(self, stack: ExitStack, session: Session) -> None:
+    def _attach_optimizers(self, stack: ExitStack, session: Session) -> StepRecorder:
         recorder = StepRecorder(session)
         self._recorder = recorder
         stack.callback(recorder.clear)
@@ -249,11 +282,12 @@ class Watch:
         if not self.optimizers:
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
             stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(post))
-            return
+            return recorder
         for optimizer in self.optimizers:
             recorder.index_of(optimizer)
             stack.enter_context(optimizer.register_step_pre_hook(pre))
             stack.enter_context(optimizer.register_step_post_hook(post))
+        return recorder
 
     # ---------------------------------------------------------------- leaving
 
@@ -299,6 +333,8 @@ class Watch:
     def _start_meta(self, rank: int, world: int) -> dict[str, Any]:
         meta = base_meta(
             {
+                "first_cycles": self.settings.first_cycles,
+                "every": self.settings.every,
                 "keep_logits_max_k": self.settings.keep_logits_max_k,
                 "flush_rows": self.settings.flush_rows,
                 "mode": "explicit" if self.actors else "auto",
@@ -363,10 +399,31 @@ class Watch:
             "actor_params": actor_params,
             "counts": dict(session.counts),
             "cycles": session.cycle + 1 if session.counts["dists"] else 0,
+            "recorded_cycles": session.recorded_cycles if session.counts["dists"] else 0,
             "rows_written": dict(writer.rows_written),
             "bytes_written": dict(writer.bytes_written),
             "probe_errors": session.failures.by_place,
         }
+
+
+class ModuleHooks:
+    """The forward hooks of a watch, detached while the schedule skips a cycle."""
+
+    def __init__(self) -> None:
+        self._register: list[Callable[[], Any]] = []
+        self._handles: list[Any] = []
+
+    def add(self, register: Callable[[], Any]) -> None:
+        self._register.append(register)
+
+    def attach(self) -> None:
+        if not self._handles:
+            self._handles = [register() for register in self._register]
+
+    def detach(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
 
 
 def _jsonable(value: Any) -> Any:
@@ -408,6 +465,8 @@ def watch(
     optim: Optim = None,
     *,
     out: str | os.PathLike[str] | None = None,
+    every: int = 10,
+    first_cycles: int = 8,
     keep_logits_max_k: int = 64,
     flush_rows: int = 65_536,
     overwrite: bool = False,
@@ -424,6 +483,8 @@ def watch(
         actor,
         optim,
         out=out,
+        every=every,
+        first_cycles=first_cycles,
         keep_logits_max_k=keep_logits_max_k,
         flush_rows=flush_rows,
         overwrite=overwrite,

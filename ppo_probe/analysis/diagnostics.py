@@ -220,7 +220,11 @@ def check_params_changed_outside_step(ctx: Context):
     changed = seen[seen["outside_delta_norm"].astype(float) > 0]
     if changed.empty:
         return None
-    actor["previous_delta"] = actor.groupby(["optimizer", "name"])["delta_norm"].shift(1)
+    by_tensor = actor.groupby(["optimizer", "name"])
+    actor["previous_delta"] = by_tensor["delta_norm"].shift(1)
+    # across cycles the watch's schedule skipped, the previous recorded step is not the previous step
+    gap = by_tensor["cycle"].shift(1) < actor["cycle"] - 1
+    actor.loc[gap, "previous_delta"] = float("nan")
     changed = changed.join(actor["previous_delta"])
     outside = changed["outside_delta_norm"].astype(float)
     undo = (outside - changed["previous_delta"].astype(float)).abs() <= 1e-3 * outside.clip(lower=1e-30)

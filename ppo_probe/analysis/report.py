@@ -73,6 +73,9 @@ class Report:
             lines.append(f"  cycles {len(self.per_cycle)}, optimizer steps {len(self.per_step)}, "
                          f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
                          f"({self.paired_fraction:.1%})")
+        schedule = schedule_text(self.run.meta)
+        if schedule:
+            lines.append(f"  {schedule}")
         else:
             lines.append("  no update rows recorded")
         ranks = self.per_rank
@@ -133,6 +136,17 @@ class Report:
         from ..html import write_html
 
         return write_html(self, path)
+
+
+def schedule_text(meta: dict[str, Any]) -> str | None:
+    """'recorded 11 of 39 cycles (...)' when the watch's schedule skipped cycles, else None."""
+    total, recorded = meta.get("cycles"), meta.get("recorded_cycles")
+    if not isinstance(total, int) or not isinstance(recorded, int) or recorded >= total:
+        return None
+    settings = meta.get("settings") or {}
+    first, every = settings.get("first_cycles"), settings.get("every")
+    return (f"recorded {recorded} of {total} cycles (watch schedule: the first {first}, then every "
+            f"{every}th; every=1 records all)")
 
 
 def per_rank_table(run: Run, cycles: pd.DataFrame) -> pd.DataFrame:

@@ -215,10 +215,18 @@ class EntryTracker:
         return candidates[0], 0
 
     def forget(self) -> None:
-        """Drop references to user tensors (at exit)."""
+        """Drop references to user tensors (at exit, and when the hooks are detached)."""
         self.pending.clear()
         self._last = self._head_of = self._open = None
         self._head_at = None
+
+    def reset(self) -> None:
+        """Start from no open call (the hooks are attached again; a call that was running when
+        they were detached never ran its post hook)."""
+        self.forget()
+        self.depth = 0
+        self._tensorless = False
+        self._outer = None
 
 
 def _where(t: torch.Tensor | None) -> tuple[int, int] | None:

@@ -67,6 +67,8 @@ class StepRecorder:
     @torch.no_grad()
     def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         session = self._session
+        if session.skipping:
+            return
         params, groups = _params(optimizer)
         grads = [p.grad for p in params]
         outside_present, outside = self._diffs(params)
@@ -93,6 +95,11 @@ class StepRecorder:
     def post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         pending = self._pending.pop(id(optimizer), None)
         if pending is None:
+            session = self._session
+            if session.skipping and session.on_skipped_step():
+                # armed for the next recorded cycle: its first step measures changes from here
+                params = _params(optimizer)[0]
+                self._take_snapshots(params, [self._snapshot(p) for p in params])
             return
         record, params, norms = pending
         record.delta_present, delta = self._diffs(params)
@@ -110,6 +117,11 @@ class StepRecorder:
             if s is None:
                 p = params[i]
                 self._snapshots[id(p)] = (weakref.ref(p), p.detach().clone())
+
+    def drop_snapshots(self) -> None:
+        """Forget the snapshots (a skipped cycle starts): stale ones would read as outside changes."""
+        self._snapshots.clear()
+        self._pending.clear()
 
     def clear(self) -> None:
         self._snapshots.clear()

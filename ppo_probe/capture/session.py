@@ -28,6 +28,12 @@ class Settings:
     flush_rows: int = 65_536
     flush_bytes: int = 64 * 2**20  # kept logits and input rows
     strict: bool = False
+    # the schedule: every cycle below first_cycles is recorded, then those divisible by every
+    first_cycles: int = 8
+    every: int = 10
+
+    def scheduled(self, cycle: int) -> bool:
+        return cycle < self.first_cycles or cycle % self.every == 0
 
 
 class ProbeFailures:
@@ -65,6 +71,14 @@ class Session:
         self.seq = 0  # optimizer steps taken so far, all watched optimizers
         self.steps_in_cycle = 0
         self.seen_sample = False
+        # the schedule (Settings.scheduled): while skipping, the hooks only count steps and find
+        # cycle boundaries; the update phase just before a recorded cycle is recorded too
+        # ("arming": the next cycle's first forward and the parameters' snapshots are then seen)
+        # and its records are dropped at the flush
+        self.skipping = False
+        self.recorded_cycles = 1
+        self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
+        self.resume: Any = lambda: None  # re-attach them
         self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
         # id(Categorical) -> (weak reference to it, its record); looked up without allocating
@@ -149,6 +163,8 @@ class Session:
     # ---------------------------------------------------------------- Categorical events
 
     def on_dist_init(self, dist: Any, source: Any = None) -> None:
+        if self.skipping:
+            return
         try:
             self._record_dist(dist, source if isinstance(source, torch.Tensor) else None)
         except Exception as exc:  # noqa: BLE001
@@ -266,15 +282,16 @@ class Session:
                 return
             self.seen_sample = True
             if self.steps_in_cycle > 0:
-                self._new_cycle()
-                record = self._record_of(dist)
-                if record is not None:
-                    record.cycle, record.seq = self.cycle, self.seq
+                self._new_cycle(dist)
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
     def on_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
         try:
+            if self.skipping:
+                if self.steps_in_cycle > 0 and not self.seen_sample and not torch.is_grad_enabled():
+                    self._new_cycle(dist)
+                return
             self._record_log_prob(dist, value, result)
         except Exception as exc:  # noqa: BLE001
             self.fail("log_prob capture", exc)
@@ -289,7 +306,7 @@ class Session:
             phase = "update"
         else:
             if self.steps_in_cycle > 0 and not self.seen_sample:
-                self._new_cycle()  # trainers that never call sample(): log_prob marks the boundary
+                self._new_cycle(dist)  # trainers that never call sample(): log_prob marks the boundary
             phase = "sampling" if self.steps_in_cycle == 0 else "eval"
 
         shape = tuple(result.shape)
@@ -330,6 +347,8 @@ class Session:
             self._maybe_flush(_HARD_CAP)
 
     def on_entropy(self, dist: Any, result: torch.Tensor) -> None:
+        if self.skipping:
+            return
         try:
             record = self._record_of(dist)
             if record is not None and torch.is_grad_enabled() and result.requires_grad:
@@ -370,13 +389,36 @@ class Session:
         self.counts["steps"] += 1
         self._maybe_flush(1)
 
-    def _new_cycle(self) -> None:
+    def on_skipped_step(self) -> bool:
+        """An optimizer step in a cycle the schedule skips; True when it arms the watch (the next
+        cycle is recorded: this cycle's remaining steps are recorded, then dropped)."""
+        self.seq += 1
+        self.steps_in_cycle += 1
+        if self.steps_in_cycle == 1 and self.settings.scheduled(self.cycle + 1):
+            self.skipping = False
+            self.resume()
+            return True
+        return False
+
+    def _new_cycle(self, dist: Any = None) -> None:
         self.cycle += 1
         self.steps_in_cycle = 0
         # Gradients for the previous cycle's log-probs can no longer arrive usefully.
         for handle in self._tensor_hooks:
             handle.remove()
         self._tensor_hooks.clear()
+        record = self._record_of(dist) if dist is not None else None
+        if record is not None:  # the Categorical whose sample()/log_prob() opened the cycle
+            record.cycle, record.seq = self.cycle, self.seq
+        if self.settings.scheduled(self.cycle):
+            self.recorded_cycles += 1
+            if self.skipping:  # not armed (a cycle without steps cannot end): start late
+                self.skipping = False
+                self.resume()
+        elif not self.skipping:
+            self.skipping = True
+            self._last_dist = None
+            self.suspend()
 
     # ---------------------------------------------------------------- flushing
 
@@ -388,7 +430,14 @@ class Session:
     def flush(self) -> None:
         """Hand everything buffered to the writer thread; the training thread only swaps lists."""
         calls, dists, steps = self._calls, self._dists, self._steps
+        if self.recorded_cycles <= self.cycle:  # some cycle was skipped: drop its armed records
+            keep = self.settings.scheduled
+            calls = [c for c in calls if keep(c.cycle)]
+            dists = [d for d in dists if keep(d.cycle)]
+            steps = [s for s in steps if keep(s.cycle)]
         if not (calls or dists or steps):
+            self._calls, self._dists, self._steps = [], [], []
+            self._rows = self._buffered_bytes = 0
             return
         self._prune_dist_of()
         self._gen.flushed = True

@@ -57,13 +57,15 @@ class ProbeCallback(BaseCallback):
     Args:
         out: run directory (default: a timestamped directory, as for ``ppo_probe.watch``).
         verbose: SB3's callback verbosity; 1 prints the run directory when training ends.
-        **watch_kwargs: any other keyword of :func:`ppo_probe.watch` (``keep_logits_max_k``,
-            ``flush_rows``, ``overwrite``, ``strict``).
+        **watch_kwargs: any other keyword of :func:`ppo_probe.watch` (``every``,
+            ``first_cycles``, ``keep_logits_max_k``, ``flush_rows``, ``overwrite``, ``strict``).
     """
 
     def __init__(self, out: str | os.PathLike[str] | None = None, verbose: int = 0, **watch_kwargs: Any) -> None:
         super().__init__(verbose)
-        unknown = set(watch_kwargs) - {"keep_logits_max_k", "flush_rows", "overwrite", "strict"}
+        unknown = set(watch_kwargs) - {
+            "every", "first_cycles", "keep_logits_max_k", "flush_rows", "overwrite", "strict"
+        }
         if unknown:
             raise TypeError(f"ProbeCallback got unexpected keyword arguments {sorted(unknown)}")
         self._out = out

@@ -1,0 +1,142 @@
+"""The recording schedule: the first cycles, then every n-th; skipped cycles cost next to nothing
+and leave nothing behind, and what is recorded pairs and judges as if every cycle were."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Categorical, Distribution
+
+import ppo_probe
+from test_invariants import _assert_no_trace
+from trainers import BanditConfig, make_actor
+from zoo import Bugs, Config, build, train
+
+QUIET = {"update-too-small", "update-too-large", "kl-sign-cancellation"}
+
+
+def _cleanrl(tmp_path, bugs=Bugs(), iterations=14, **watch):
+    cfg = Config(num_iterations=iterations)
+    envs, agent, optimizer = build(cfg, bugs)
+    with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True, **watch) as w:
+        train(cfg, bugs, envs, agent, optimizer)
+    return ppo_probe.analyze(w.path), agent, optimizer
+
+
+def test_first_cycles_then_every_nth_pair_fully(tmp_path):
+    report, agent, optimizer = _cleanrl(tmp_path, every=4, first_cycles=2)
+    run = report.run
+    assert sorted(report.per_cycle["cycle"]) == [0, 1, 4, 8, 12]
+    assert run.meta["cycles"] == 14 and run.meta["recorded_cycles"] == 5
+    assert run.meta["settings"]["every"] == 4 and run.meta["settings"]["first_cycles"] == 2
+    sampled = run.samples[run.samples["phase"] == "sampling"]
+    assert sampled.groupby("cycle").size().to_dict() == {c: 4 * 128 for c in (0, 1, 4, 8, 12)}
+    assert bool(run.pairs["paired"].all()) and len(run.pairs) == 5 * 4 * 4 * 128
+    # optimizer steps keep their global numbers: 16 a cycle, none recorded from skipped cycles
+    steps_per_cycle = report.per_step.groupby("cycle")["step"].agg(["min", "max", "size"])
+    assert steps_per_cycle.loc[4].tolist() == [64, 79, 16]
+    assert steps_per_cycle.loc[12].tolist() == [192, 207, 16]
+    # the step before each recorded cycle was armed: its first step measures outside changes
+    layers = run.layers[run.layers["step"].isin([64, 128, 192])]
+    assert layers["outside_delta_norm"].notna().all() and (layers["outside_delta_norm"] == 0).all()
+    assert set(report.diagnostics["id"]) <= QUIET, report.diagnostics[["id", "evidence"]]
+    assert "recorded 5 of 14 cycles (watch schedule: the first 2, then every 4th" in str(report)
+    _assert_no_trace([agent], optimizer)
+
+
+def test_every_one_records_every_cycle(tmp_path):
+    report, _, _ = _cleanrl(tmp_path, iterations=11, every=1, first_cycles=0)
+    assert sorted(report.per_cycle["cycle"]) == list(range(11))
+    assert report.run.meta["recorded_cycles"] == 11
+
+
+def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
+    """Root forward pre-hooks seen right after each cycle's first sample(): attached in recorded
+    cycles (0 and 3), detached in skipped ones, back during the updates of cycles 2 and 5 (armed
+    for 3 and 6)."""
+    cfg = BanditConfig(seed=0)
+    torch.manual_seed(0)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    at_sampling, in_update = [], []
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
+        for _cycle in range(6):
+            obs = torch.randn(64, cfg.obs_dim)
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs))
+                action = dist.sample()
+                at_sampling.append(len(actor._forward_pre_hooks))
+                old = dist.log_prob(action)
+            for _step in range(3):
+                ratio = (Categorical(logits=actor(obs)).log_prob(action) - old).exp()
+                loss = -(ratio * torch.randn(64)).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                in_update.append(len(actor._forward_pre_hooks))
+    assert at_sampling == [1, 0, 0, 1, 0, 0]
+    assert in_update[6:9] == [1, 1, 1]  # cycle 2: armed from its first step on
+    assert in_update[3:6] == [0, 0, 0] and in_update[12:15] == [0, 0, 0]
+    assert in_update[15:] == [1, 1, 1]  # armed for cycle 6 when the watch ends: still no trace
+    _assert_no_trace([actor], optim)
+    report = ppo_probe.analyze(w.path)
+    assert sorted(report.per_cycle["cycle"]) == [0, 3]
+    assert bool(report.run.pairs["paired"].all()) and len(report.run.pairs) == 2 * 3 * 64
+
+
+def test_a_nan_crash_in_a_skipped_cycle_is_still_found(tmp_path):
+    previous = Distribution._validate_args
+    Distribution.set_default_validate_args(True)
+    try:
+        cfg = Config(num_iterations=8)
+        bugs = Bugs(nan_obs_at_iteration=5)
+        envs, agent, optimizer = build(cfg, bugs)
+        probe = ppo_probe.watch(agent, optimizer, out=tmp_path / "run", every=4, first_cycles=2)
+        with pytest.raises(ValueError):
+            with probe:
+                train(cfg, bugs, envs, agent, optimizer)
+    finally:
+        Distribution.set_default_validate_args(previous)
+    report = ppo_probe.analyze(probe.path)
+    assert report.run.meta["status"] == "interrupted: ValueError"
+    assert sorted(report.per_cycle["cycle"]) == [0, 1, 4]
+    found = report.diagnostics.set_index("id")
+    assert "nonfinite-values" in found.index
+    assert "Categorical constructions failed" in found.loc["nonfinite-values", "evidence"]
+
+
+def test_reloaded_weights_are_found_across_skipped_cycles(tmp_path):
+    report, _, _ = _cleanrl(tmp_path, Bugs(reload_actor_every_step=True), iterations=8, every=3,
+                            first_cycles=1)
+    assert sorted(report.per_cycle["cycle"]) == [0, 3, 6]
+    found = report.diagnostics.set_index("id")
+    assert "params-changed-outside-step" in found.index
+    assert "a reload" in found.loc["params-changed-outside-step", "evidence"]
+
+
+def test_a_scheduled_run_trains_bit_for_bit_like_a_plain_one(cartpole, tmp_path):
+    def trained(watched: bool):
+        cfg = cartpole.Config(seed=3, total_timesteps=512 * 7)
+        envs, agent, optimizer = cartpole.build(cfg)
+        if watched:
+            with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", every=3, first_cycles=1,
+                                 strict=True):
+                cartpole.train(cfg, envs, agent, optimizer)
+        else:
+            cartpole.train(cfg, envs, agent, optimizer)
+        return [p.detach().clone() for p in agent.parameters()], torch.get_rng_state()
+
+    plain, plain_rng = trained(False)
+    watched, watched_rng = trained(True)
+    assert all(torch.equal(p, q) for p, q in zip(plain, watched))
+    assert torch.equal(plain_rng, watched_rng)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"every": 0}, "every must be an int >= 1"), ({"every": 2.5}, "every must be an int"),
+     ({"first_cycles": -1}, "first_cycles must be an int >= 0"), ({"every": True}, "every must")],
+)
+def test_bad_schedules_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ppo_probe.watch(**kwargs)
