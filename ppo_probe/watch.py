@@ -277,7 +277,12 @@ class Watch:
         recorder = StepRecorder(session)
         self._recorder = recorder
         stack.callback(recorder.clear)
-        pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
+        guarded_pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
+
+        def pre(*args: Any) -> None:
+            if not session.skipping:  # a skipped cycle's steps are counted by the post hook only
+                guarded_pre(*args)
+
         post = _guarded(session, "optimizer post-step hook", recorder.post)
         if not self.optimizers:
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))

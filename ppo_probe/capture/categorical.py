@@ -20,23 +20,25 @@ if TYPE_CHECKING:
 
 _PATCHED = ("__init__", "sample", "log_prob", "entropy")
 _lock = threading.Lock()
-_sessions: list[Session] = []
+_sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers iterate it unlocked
 _originals: dict[str, Any] = {}
 
 
 def attach(session: Session) -> Handle:
     """Route Categorical events to ``session`` until the returned handle is removed."""
+    global _sessions
     with _lock:
         if not _sessions:
             _install()
-        _sessions.append(session)
+        _sessions = (*_sessions, session)
     return Handle(lambda: _detach(session))
 
 
 def _detach(session: Session) -> None:
+    global _sessions
     with _lock:
         if session in _sessions:
-            _sessions.remove(session)
+            _sessions = tuple(s for s in _sessions if s is not session)
         if not _sessions:
             _uninstall()
 
@@ -66,17 +68,17 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
         wrapped(*args, **kwargs)
     except Exception:
         # The trainer is about to crash (e.g. validation of NaN logits): note why, then re-raise.
-        for session in tuple(_sessions):
+        for session in _sessions:
             session.on_dist_init_failed(args, kwargs)
         raise
     source = kwargs.get("logits", kwargs.get("probs", args[0] if args else None))
-    for session in tuple(_sessions):
+    for session in _sessions:
         session.on_dist_init(instance, source)
 
 
 def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    for session in tuple(_sessions):
+    for session in _sessions:
         session.on_sample(instance)
     return result
 
@@ -84,13 +86,13 @@ def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     value = args[0] if args else kwargs.get("value")
-    for session in tuple(_sessions):
+    for session in _sessions:
         session.on_log_prob(instance, value, result)
     return result
 
 
 def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    for session in tuple(_sessions):
+    for session in _sessions:
         session.on_entropy(instance, result)
     return result

@@ -277,6 +277,8 @@ class Session:
                 self._logit_params[id(leaf)] = (weakref.ref(leaf), self.param_name(leaf))
 
     def on_sample(self, dist: Any) -> None:
+        if self.skipping and self.steps_in_cycle == 0:
+            return  # a skipped cycle's sampling phase: the cheapest path
         try:
             if torch.is_grad_enabled():
                 return
@@ -287,11 +289,14 @@ class Session:
             self.fail("Categorical capture", exc)
 
     def on_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
-        try:
-            if self.skipping:
-                if self.steps_in_cycle > 0 and not self.seen_sample and not torch.is_grad_enabled():
+        if self.skipping:
+            if self.steps_in_cycle > 0 and not self.seen_sample and not torch.is_grad_enabled():
+                try:
                     self._new_cycle(dist)
-                return
+                except Exception as exc:  # noqa: BLE001
+                    self.fail("log_prob capture", exc)
+            return
+        try:
             self._record_log_prob(dist, value, result)
         except Exception as exc:  # noqa: BLE001
             self.fail("log_prob capture", exc)
