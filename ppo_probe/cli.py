@@ -25,7 +25,7 @@ from typing import Any
 
 from . import __version__
 from .analysis.config import SEVERITIES, find_pyproject, read_table
-from .analysis.report import Report, analyze
+from .analysis.report import Report, analyze, schedule_text
 from .errors import RunFormatError
 from .watch import watch
 
@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="run directory (default: a temporary one, removed when the check passes)")
     run.add_argument("--max-steps", type=int, default=None, metavar="N",
                      help="stop the script cleanly after N optimizer steps (any optimizer)")
+    run.add_argument("--every", type=int, default=10, metavar="N",
+                     help="record cycles 0-7, then every N-th (default 10; 1 records every cycle)")
     _analysis_flags(run)
     _gate_flags(run)
     run.add_argument("-m", dest="module", nargs=argparse.REMAINDER, default=None, metavar="MODULE ARGS",
@@ -168,6 +170,9 @@ def print_report(report: Report) -> None:
                    + (f" over {len(report.per_rank)} ranks" if len(report.per_rank) > 1 else "") + "; "
                    f"target KL {report.settings['target_kl']}, clip eps {report.settings['clip_coef']:g} "
                    f"({report.settings['clip_coef_source']})\n")
+    schedule = schedule_text(run.meta)
+    if schedule:
+        verdict.append(schedule + "\n")
     counts = report.diagnostics["severity"].value_counts()
     if report.diagnostics.empty:
         verdict.append("no findings", style="bold green")
@@ -303,6 +308,8 @@ def _step_limit(max_steps: int | None) -> Iterator[list[int]]:
 def _run(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.every < 1:
+        raise UsageError(f"--every must be >= 1, got {args.every}")
     if bool(args.module) == bool(args.script):
         raise UsageError("run needs exactly one of SCRIPT [ARGS...] or -m MODULE [ARGS...]")
     module, script, script_args = None, None, []
@@ -329,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
     with context:
         try:
             # the step limit's hook goes in after the watch's, so the last step is still recorded
-            with watch(out=out, overwrite=True), _step_limit(args.max_steps) as steps:
+            with watch(out=out, overwrite=True, every=args.every), _step_limit(args.max_steps) as steps:
                 if module is not None:
                     runpy.run_module(module, run_name="__main__", alter_sys=True)
                 else:

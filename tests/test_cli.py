@@ -75,6 +75,17 @@ def test_healthy_example_run_exits_0_and_removes_its_temporary_run():
     assert not (ROOT / "ppo_probe_runs").exists() or not any((ROOT / "ppo_probe_runs").iterdir())
 
 
+def test_run_every_sets_the_schedule(tmp_path):
+    out = tmp_path / "run"
+    result = _cli("run", "--out", str(out), "--every", "3", "--max-steps", "176", "examples/cartpole_ppo.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    meta = ppo_probe.load(out).meta
+    assert (meta["cycles"], meta["recorded_cycles"], meta["settings"]["every"]) == (11, 9, 3)
+    assert "recorded 9 of 11 cycles" in _cli("report", str(out)).stdout
+    bad = _cli("run", "--every", "0", "examples/cartpole_ppo.py")
+    assert bad.returncode == 2 and "--every must be >= 1, got 0" in bad.stderr
+
+
 def test_run_with_an_injected_bug_exits_1_and_keeps_the_run(tmp_path):
     script = _bug_script(tmp_path, "entropy_sign")
     out = tmp_path / "run"
