@@ -11,8 +11,8 @@ benchmarks/peers.py, in an order rotated by one each repeat; each variant's time
 over repeats and each ratio the median of the per-repeat ratios to that repeat's plain run.
 
 - cartpole tiny MLP: examples/cartpole_ppo.py ``train()`` (target watched / plain <= 1.05), at
-  16 cycles (the default schedule records 9 of them) with the watch recording every cycle
-  (``every=1``) beside it, and at 200 cycles (27 recorded) against plain and the manual peer;
+  16 cycles (the default schedule records 8 of them) with the watch recording every cycle
+  (``every=1``) beside it, and at 200 cycles (17 recorded) against plain and the manual peer;
 - 3x512 MLP: benchmarks/device_ppo.py's trainer on the CPU (target <= 1.02), 8 cycles (all of
   them recorded by the default schedule);
 - memory: RSS growth of a watched device_ppo run (small MLP) from the end of cycle 10 to the end
@@ -288,7 +288,7 @@ def main() -> None:
                 f"{name}: best-of-{args.repeats} ratios (min / min plain, a noise check): {best}"
             )
         notes.append(
-            "the watch's default schedule records cycles 0-7, then every 10th (10, 20, ...): "
+            "the watch's default schedule records cycles 0-7, then every 20th (20, 40, ...): "
             f"{_recorded(cycles)} of {cycles}, {_recorded(args.long_timesteps // 512)} of "
             f"{args.long_timesteps // 512} and {_recorded(args.cycles)} of {args.cycles} cycles above"
         )

@@ -89,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="run directory (default: a temporary one, removed when the check passes)")
     run.add_argument("--max-steps", type=int, default=None, metavar="N",
                      help="stop the script cleanly after N optimizer steps (any optimizer)")
-    run.add_argument("--every", type=int, default=10, metavar="N",
-                     help="record cycles 0-7, then every N-th (default 10; 1 records every cycle)")
+    run.add_argument("--every", type=int, default=20, metavar="N",
+                     help="record cycles 0-7, then every N-th (default 20; 1 records every cycle)")
     _analysis_flags(run)
     _gate_flags(run)
     run.add_argument("-m", dest="module", nargs=argparse.REMAINDER, default=None, metavar="MODULE ARGS",

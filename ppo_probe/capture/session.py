@@ -30,7 +30,7 @@ class Settings:
     strict: bool = False
     # the schedule: every cycle below first_cycles is recorded, then those divisible by every
     first_cycles: int = 8
-    every: int = 10
+    every: int = 20
 
     def scheduled(self, cycle: int) -> bool:
         return cycle < self.first_cycles or cycle % self.every == 0
