@@ -1,13 +1,16 @@
 """Does the recommended learning rate land the per-cycle KL on target? (issue 3)
 
-For each task and starting lr: train under watch, take ``report.recommendation['lr']``, train
-again from scratch with it, and check the median per-cycle KL (k3, as SB3 logs it) of the rerun
-against [0.5, 2] x target. The same is done for the lr rl_games' adaptive rule would have ended at.
+For each task and starting lr: train under watch (every cycle recorded), take
+``report.recommendation['lr']``, train again from scratch with it, and check the median per-cycle
+KL (k3, as SB3 logs it) of the rerun against [0.5, 2] x target. The same is done for the lr
+rl_games' adaptive rule would have ended at (simulated through the same model).
 
-The model's slopes come from benchmarks/kl_vs_lr.py on seeds 0 and 1 of the same three tasks;
-this benchmark runs seeds 2 and 3, so it is held out in seed, not in task.
+The protocol: seeds 0-5 were used to choose the model (benchmarks/kl_vs_lr.py's curves, and this
+benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.64); seeds 6-9,
+the default, were held out and run once with the model as it stands. Held out in seed, not in
+task: the curves came from the same three tasks. About 20 s per seed on 2 cores.
 
-Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 2 3]
+Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def run_cartpole(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1") -
     ex.make_env = lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
     cfg = ex.Config(seed=seed, total_timesteps=6144, learning_rate=lr)
     envs, agent, optimizer = ex.build(cfg)
-    with ppo_probe.watch(agent, optimizer, out=out) as w:
+    with ppo_probe.watch(agent, optimizer, out=out, every=1) as w:  # every cycle in the median
         ex.train(cfg, envs, agent, optimizer)
     return w.path
 
@@ -48,7 +51,7 @@ def run_bandit(lr: float, seed: int, out: Path) -> Path:
     torch.manual_seed(seed)
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=lr)
-    with ppo_probe.watch(actor, optim, out=out) as w:
+    with ppo_probe.watch(actor, optim, out=out, every=1) as w:
         train_bandit(cfg, {"a": actor}, optim)
     return w.path
 
@@ -66,8 +69,8 @@ def kl_of(path: Path, target: float) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-kl", type=float, default=0.02)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3],
-                        help="default 2 3: benchmarks/kl_vs_lr.py fits the model's slopes on seeds 0 and 1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[6, 7, 8, 9],
+                        help="default 6 7 8 9, held out: the model was chosen on seeds 0-5")
     args = parser.parse_args()
     target = args.target_kl
     rows = []
