@@ -27,7 +27,7 @@ def make_run(out: Path, pairs: int) -> Path:
     torch.manual_seed(0)
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    with ppo_probe.watch(actor, optim, out=out) as w:
+    with ppo_probe.watch(actor, optim, out=out, every=1) as w:  # every cycle: all the pairs
         train_bandit(cfg, {"a": actor}, optim)
     return w.path
 

@@ -15,7 +15,7 @@ over repeats and each ratio the median of the per-repeat ratios to that repeat's
   (``every=1``) beside it, and at 200 cycles (17 recorded) against plain and the manual peer;
 - 3x512 MLP: benchmarks/device_ppo.py's trainer on the CPU (target <= 1.02), 8 cycles (all of
   them recorded by the default schedule);
-- memory: RSS growth of a watched device_ppo run (small MLP) from the end of cycle 10 to the end
+- memory: RSS growth of a watched device_ppo run (every=1: every cycle recorded) (small MLP) from the end of cycle 10 to the end
   of cycle 200 (target < 50 MB), in a fresh process; a plain run's growth is printed beside it;
 - analysis: ``ppo_probe.analyze`` of a run of --pairs paired update rows built by
   benchmarks/analyze_speed.py (median of 3; target <= 5 s) and the samples table's bytes per row
@@ -158,7 +158,8 @@ def memory_growth(watched: bool, first: int, last: int, out: Path) -> tuple[floa
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
     start = time.perf_counter()
-    with instrument("watched" if watched else "plain", actor, optim, out):
+    # every cycle recorded: the bound on the buffers, not the schedule, is what this measures
+    with instrument(ALL_CYCLES if watched else "plain", actor, optim, out):
         train(replace(cfg, cycles=first), actor, optim)
         gc.collect()
         before = rss_mb()
@@ -295,7 +296,7 @@ def main() -> None:
         log(f"memory: 10 -> {args.mem_cycles} cycles, plain then watched, each in a fresh process")
         plain_growth, plain_s = memory_child("plain", args.mem_cycles, t / "mem-plain")
         growth, watched_s = memory_child("watched", args.mem_cycles, t / "mem-watched")
-        name = f"memory: 2x64 MLP, batch 512, 10 -> {args.mem_cycles} cycles"
+        name = f"memory: 2x64 MLP, batch 512, 10 -> {args.mem_cycles} cycles, every=1"
         rows.append(dict(zip(cols, [name, f"{plain_s:.3f}", f"{watched_s:.3f}"])))
         rows[-1][mem_col] = mark(growth, 50, ".1f", "<", note=f"; plain run {plain_growth:+.1f}")
         rows[-1][cols[-1]] = mark(bytes_per_row(t / "mem-watched"), 24, ".1f")

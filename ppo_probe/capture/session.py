@@ -424,6 +424,10 @@ class Session:
             self.skipping = True
             self._last_dist = None
             self.suspend()
+            # Write what the recorded cycles buffered now: objects kept through the skipped cycles
+            # would bring on full garbage collections (CartPole, 200 cycles: 2 of 4 runs had one,
+            # ~0.15 s each; watched / plain 1.068 kept vs 1.047 flushed here, side by side).
+            self.flush()
 
     # ---------------------------------------------------------------- flushing
 
