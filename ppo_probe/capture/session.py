@@ -425,8 +425,8 @@ class Session:
             self._last_dist = None
             self.suspend()
             # Write what the recorded cycles buffered now: objects kept through the skipped cycles
-            # would bring on full garbage collections (CartPole, 200 cycles: 2 of 4 runs had one,
-            # ~0.15 s each; watched / plain 1.068 kept vs 1.047 flushed here, side by side).
+            # would bring on full garbage collections, ~0.15 s each in a process holding torch
+            # (the commit that added this line has the side-by-side figures).
             self.flush()
 
     # ---------------------------------------------------------------- flushing
