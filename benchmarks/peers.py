@@ -28,7 +28,8 @@ from typing_extensions import Self  # a dependency of torch
 MANUAL_RECORDS = "grad norm per parameter per step (text); last parameter snapshot"
 HISTOGRAM_RECORDS = "64-bin grad histogram + min/max per parameter per step"
 PROBE_RECORDS = (
-    "every log_prob row (sampling/update, paired), dLoss/dlogp per row, per step and "
+    "in the recorded cycles (default: 0-7, then every 20th) every log_prob row (sampling/update, "
+    "paired), dLoss/dlogp per row, per step and "
     "parameter: grad norm, delta, outside change, lr, logits dependence; Parquet"
 )
 
