@@ -140,3 +140,16 @@ def test_a_scheduled_run_trains_bit_for_bit_like_a_plain_one(cartpole, tmp_path)
 def test_bad_schedules_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ppo_probe.watch(**kwargs)
+
+
+def test_rl_games_rule_acts_once_per_cycle_of_the_run_not_per_recorded_one():
+    import pandas as pd
+
+    from ppo_probe.analysis.recommend import KLModel, rl_games_rule
+
+    model = KLModel(1.0, 0.2, knee=0.005)
+    kl, lr = pd.Series([0.2, 0.2]), pd.Series([1e-3, 1e-3])
+    # KL 10 x target: /1.5 on every cycle while the modelled KL stays over 2 x target
+    assert rl_games_rule(kl, lr, 0.02, model) == pytest.approx([1e-3 / 1.5, 1e-3 / 1.5**2])
+    # recorded cycles 0 and 1 of cycles 0-4 (1 stands for 1-4): five cycles, five divisions
+    assert rl_games_rule(kl, lr, 0.02, model, [1, 4])[-1] == pytest.approx(1e-3 / 1.5**5)

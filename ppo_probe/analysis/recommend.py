@@ -72,18 +72,29 @@ def fit_exponent(per_cycle: pd.DataFrame) -> tuple[float, int]:
     return float(np.clip(slope, 0.5, 4.0)), len(pc)
 
 
-def rl_games_rule(kl: pd.Series, lr: pd.Series, target: float, model: KLModel) -> list[float]:
-    """lr per cycle had rl_games' adaptive schedule run this trainer: /1.5 when the cycle's KL is
-    above 2 x target, x1.5 below 0.5 x target. The KL each cycle would have had is modelled from
-    the observed one with ``model``'s slopes."""
+def rl_games_rule(
+    kl: pd.Series,
+    lr: pd.Series,
+    target: float,
+    model: KLModel,
+    repeats: list[int] | None = None,
+) -> list[float]:
+    """lr per recorded cycle had rl_games' adaptive schedule run this trainer: /1.5 when the
+    cycle's KL is above 2 x target, x1.5 below 0.5 x target. The KL each cycle would have had is
+    modelled from the observed one with ``model``'s slopes. ``repeats[i]``: how many cycles the
+    i-th recorded one stands for (the watch's schedule skipped the others; each is taken at the
+    last recorded cycle's KL), so the rule acts once per cycle of the run."""
     lrs: list[float] = []
     current = float(lr.iloc[0])
-    for observed_kl, observed_lr in zip(kl, lr):
-        modelled = replace(model, lr0=float(observed_lr), kl0=float(observed_kl)).kl_at(current)
-        if modelled > 2 * target:
-            current /= 1.5
-        elif modelled < 0.5 * target:
-            current *= 1.5
+    counts = repeats if repeats is not None else [1] * len(kl)
+    for observed_kl, observed_lr, n in zip(kl, lr, counts):
+        fitted = replace(model, lr0=float(observed_lr), kl0=float(observed_kl))
+        for _ in range(max(1, int(n))):
+            modelled = fitted.kl_at(current)
+            if modelled > 2 * target:
+                current /= 1.5
+            elif modelled < 0.5 * target:
+                current *= 1.5
         lrs.append(current)
     return lrs
 
@@ -120,7 +131,9 @@ def recommend(
     optimizer = str(actor_steps["optimizer_class"].iloc[0]) if len(actor_steps) else None
     adaptive = optimizer in _ADAPTIVE
     lr_series = pc["lr"].astype(float).fillna(lr_now if np.isfinite(lr_now) else 1.0)
-    schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, kl_model)
+    cycles = pc["cycle"].to_numpy(dtype="int64") if "cycle" in pc else np.arange(len(pc))
+    repeats = np.diff(cycles, append=cycles[-1] + 1).clip(min=1).tolist() if len(cycles) else []
+    schedule = rl_games_rule(pc["kl_k3"].astype(float), lr_series, t.target_kl, kl_model, repeats)
     clamp = f", clamped from {raw:.3g} to [{lo}, {hi}]" if raw != multiplier else ""
     if adaptive:
         optim_note = (f"{optimizer} normalizes the gradient scale, so the step hardly depends on the "
