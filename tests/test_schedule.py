@@ -153,3 +153,17 @@ def test_rl_games_rule_acts_once_per_cycle_of_the_run_not_per_recorded_one():
     assert rl_games_rule(kl, lr, 0.02, model) == pytest.approx([1e-3 / 1.5, 1e-3 / 1.5**2])
     # recorded cycles 0 and 1 of cycles 0-4 (1 stands for 1-4): five cycles, five divisions
     assert rl_games_rule(kl, lr, 0.02, model, [1, 4])[-1] == pytest.approx(1e-3 / 1.5**5)
+
+
+def test_sb3_ppo_unchanged_under_a_schedule(tmp_path):
+    sb3 = pytest.importorskip("stable_baselines3")
+    model = sb3.PPO("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=3, seed=0,
+                    device="cpu")
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", every=4,
+                         first_cycles=2, strict=True) as w:
+        model.learn(total_timesteps=128 * 12)
+    report = ppo_probe.analyze(w.path)
+    assert (report.run.meta["cycles"], report.run.meta["recorded_cycles"]) == (12, 4)
+    assert sorted(report.per_cycle["cycle"]) == [0, 1, 4, 8]
+    assert len(report.run.pairs) == 4 * 3 * 128 and bool(report.run.pairs["paired"].all())
+    assert set(report.diagnostics["id"]) <= QUIET, report.diagnostics[["id", "evidence"]]
