@@ -41,6 +41,10 @@ def test_first_cycles_then_every_nth_pair_fully(tmp_path):
     assert layers["outside_delta_norm"].notna().all() and (layers["outside_delta_norm"] == 0).all()
     assert set(report.diagnostics["id"]) <= QUIET, report.diagnostics[["id", "evidence"]]
     assert "recorded 5 of 14 cycles (watch schedule: the first 2, then every 4th" in str(report)
+    from ppo_probe.analysis.report import _ordinal
+
+    assert [_ordinal(n) for n in (2, 3, 11, 20, 21, 22, 113)] == [
+        "2nd", "3rd", "11th", "20th", "21st", "22nd", "113th"]
     _assert_no_trace([agent], optimizer)
 
 

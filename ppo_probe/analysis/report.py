@@ -146,7 +146,14 @@ def schedule_text(meta: dict[str, Any]) -> str | None:
     settings = meta.get("settings") or {}
     first, every = settings.get("first_cycles"), settings.get("every")
     return (f"recorded {recorded} of {total} cycles (watch schedule: the first {first}, then every "
-            f"{every}th; every=1 records all)")
+            f"{_ordinal(every)}; every=1 records all)")
+
+
+def _ordinal(n: Any) -> str:
+    if not isinstance(n, int):
+        return f"{n}th"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def per_rank_table(run: Run, cycles: pd.DataFrame) -> pd.DataFrame:
