@@ -49,6 +49,7 @@ from example_overhead import load_example
 from peers import HISTOGRAM_RECORDS, MANUAL_RECORDS, PROBE_RECORDS, HistogramPeer, ManualPeer
 
 import ppo_probe
+from ppo_probe.capture.session import Settings
 
 VARIANTS = ("plain", "watched", "manual", "histogram")
 ALL_CYCLES = "watched every=1"  # the watch recording every cycle, not its default schedule
@@ -140,7 +141,7 @@ def bench_case(
 
 def _recorded(cycles: int) -> int:
     """Cycles the default schedule records out of ``cycles``."""
-    return sum(ppo_probe.watch().settings.scheduled(c) for c in range(cycles))
+    return sum(Settings().scheduled(c) for c in range(cycles))
 
 
 def rss_mb() -> float:

@@ -218,7 +218,7 @@ class Watch:
 
             def suspend() -> None:  # a cycle the schedule skips begins
                 hooks.detach()
-                recorder.drop_snapshots()
+                recorder.clear()
                 session.entries.forget()
 
             def resume() -> None:

@@ -130,14 +130,18 @@ def test_strict_reraises_probe_failures(tmp_path, monkeypatch):
     _assert_no_trace([actor], optim)
 
 
-@pytest.mark.parametrize("explicit", [True, False])
-def test_watched_run_is_bit_identical(cartpole, tmp_path, explicit):
+@pytest.mark.parametrize(
+    "explicit, timesteps, schedule",
+    [(True, 1024, {}), (False, 1024, {}),
+     (True, 512 * 7, {"every": 3, "first_cycles": 1})],  # cycles skipped, armed, recorded
+)
+def test_watched_run_is_bit_identical(cartpole, tmp_path, explicit, timesteps, schedule):
     def trained(watched: bool):
-        cfg = cartpole.Config(seed=3, total_timesteps=1024)
+        cfg = cartpole.Config(seed=3, total_timesteps=timesteps)
         envs, agent, optimizer = cartpole.build(cfg)
         if watched:
             args = (agent, optimizer) if explicit else (None, None)
-            with ppo_probe.watch(*args, out=tmp_path / f"run{explicit}", strict=True):
+            with ppo_probe.watch(*args, out=tmp_path / "run", strict=True, **schedule):
                 cartpole.train(cfg, envs, agent, optimizer)
         else:
             cartpole.train(cfg, envs, agent, optimizer)

@@ -52,6 +52,9 @@ def test_every_one_records_every_cycle(tmp_path):
     report, _, _ = _cleanrl(tmp_path, iterations=11, every=1, first_cycles=0)
     assert sorted(report.per_cycle["cycle"]) == list(range(11))
     assert report.run.meta["recorded_cycles"] == 11
+    text = str(report)
+    assert "recorded 11 of" not in text and "watch schedule" not in text  # nothing was skipped
+    assert "no update rows recorded" not in text and "update rows 22528, paired 22528" in text
 
 
 def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
@@ -116,24 +119,6 @@ def test_reloaded_weights_are_found_across_skipped_cycles(tmp_path):
     found = report.diagnostics.set_index("id")
     assert "params-changed-outside-step" in found.index
     assert "a reload" in found.loc["params-changed-outside-step", "evidence"]
-
-
-def test_a_scheduled_run_trains_bit_for_bit_like_a_plain_one(cartpole, tmp_path):
-    def trained(watched: bool):
-        cfg = cartpole.Config(seed=3, total_timesteps=512 * 7)
-        envs, agent, optimizer = cartpole.build(cfg)
-        if watched:
-            with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", every=3, first_cycles=1,
-                                 strict=True):
-                cartpole.train(cfg, envs, agent, optimizer)
-        else:
-            cartpole.train(cfg, envs, agent, optimizer)
-        return [p.detach().clone() for p in agent.parameters()], torch.get_rng_state()
-
-    plain, plain_rng = trained(False)
-    watched, watched_rng = trained(True)
-    assert all(torch.equal(p, q) for p, q in zip(plain, watched))
-    assert torch.equal(plain_rng, watched_rng)
 
 
 @pytest.mark.parametrize(

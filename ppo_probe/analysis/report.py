@@ -73,11 +73,11 @@ class Report:
             lines.append(f"  cycles {len(self.per_cycle)}, optimizer steps {len(self.per_step)}, "
                          f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
                          f"({self.paired_fraction:.1%})")
+        else:
+            lines.append("  no update rows recorded")
         schedule = schedule_text(self.run.meta)
         if schedule:
             lines.append(f"  {schedule}")
-        else:
-            lines.append("  no update rows recorded")
         ranks = self.per_rank
         if len(ranks) > 1:
             with pd.option_context("display.width", 200, "display.max_columns", 30):

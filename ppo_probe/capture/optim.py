@@ -121,11 +121,8 @@ class StepRecorder:
                 p = params[i]
                 self._snapshots[id(p)] = (weakref.ref(p), p.detach().clone())
 
-    def drop_snapshots(self) -> None:
-        """Forget the snapshots (a skipped cycle starts): stale ones would read as outside changes."""
-        self._snapshots.clear()
-        self._pending.clear()
-
     def clear(self) -> None:
+        """Forget the snapshots (at exit, and when a skipped cycle starts: stale ones would read
+        as outside changes)."""
         self._snapshots.clear()
         self._pending.clear()
