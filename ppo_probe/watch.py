@@ -128,8 +128,13 @@ class Watch:
             Categorical that fails to build (NaN logits) is noted in any cycle.
         first_cycles: the cycles recorded before the schedule thins out (where most structural
             bugs show); 8 by default.
-        keep_logits_max_k: keep the full normalized logits of each row (for exact KL) when the
-            number of categories is at most this; 0 disables.
+        keep_logits_max_k: keep the full normalized logits (for the exact KL and the logit
+            scale) when the number of categories K is at most this; 0 disables.
+        logits_one_in: write the logits of about one row in this many, chosen by a hash of the
+            row's input, so the same samples have them at sampling and at update; None (the
+            default): one in K, which keeps the logits near 4 bytes a row whatever K is. 1
+            writes every row's logits. The per-Categorical entropy and logit statistics always
+            use every row.
         flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
         overwrite: allow ``out`` to hold an earlier run; its tables are deleted first.
         strict: re-raise failures of the probe itself instead of counting them (for tests).
@@ -149,6 +154,7 @@ class Watch:
         every: int = 20,
         first_cycles: int = 8,
         keep_logits_max_k: int = 64,
+        logits_one_in: int | None = None,
         flush_rows: int = 65_536,
         overwrite: bool = False,
         strict: bool = False,
@@ -162,11 +168,16 @@ class Watch:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if keep_logits_max_k < 0:
             raise ValueError(f"keep_logits_max_k must be >= 0, got {keep_logits_max_k}")
+        if logits_one_in is not None and (
+            isinstance(logits_one_in, bool) or not isinstance(logits_one_in, int) or logits_one_in < 1
+        ):
+            raise ValueError(f"logits_one_in must be None or an int >= 1, got {logits_one_in!r}")
         self.path = Path(out) if out is not None else default_out()
         self._default_path = out is None
         self._rank = 0
         self.settings = Settings(
             keep_logits_max_k=keep_logits_max_k,
+            logits_one_in=logits_one_in,
             flush_rows=flush_rows,
             strict=strict,
             first_cycles=first_cycles,
@@ -342,6 +353,7 @@ class Watch:
                 "first_cycles": self.settings.first_cycles,
                 "every": self.settings.every,
                 "keep_logits_max_k": self.settings.keep_logits_max_k,
+                "logits_one_in": self.settings.logits_one_in,
                 "flush_rows": self.settings.flush_rows,
                 "mode": "explicit" if self.actors else "auto",
                 "optimizers_given": bool(self.optimizers),
@@ -474,6 +486,7 @@ def watch(
     every: int = 20,
     first_cycles: int = 8,
     keep_logits_max_k: int = 64,
+    logits_one_in: int | None = None,
     flush_rows: int = 65_536,
     overwrite: bool = False,
     strict: bool = False,
@@ -492,6 +505,7 @@ def watch(
         every=every,
         first_cycles=first_cycles,
         keep_logits_max_k=keep_logits_max_k,
+        logits_one_in=logits_one_in,
         flush_rows=flush_rows,
         overwrite=overwrite,
         strict=strict,

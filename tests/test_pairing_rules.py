@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.distributions import Categorical
 
@@ -95,12 +96,12 @@ def test_multi_dimensional_batches_flatten_to_rows(tmp_path):
     assert run.dists["rows"].tolist() == [24, 24]
 
 
-def test_probs_built_distribution_and_kept_logits(tmp_path):
+def _probs_built_run(path, rows: int, **watch_kwargs):
     torch.manual_seed(8)
     actor = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Softmax(-1))
-    optim = torch.optim.SGD(actor.parameters(), lr=0.5)
-    obs = torch.randn(16, 4)
-    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+    optim = torch.optim.SGD(actor.parameters(), lr=0.5 * rows / 16)  # the loss is a mean over rows
+    obs = torch.randn(rows, 4)
+    with ppo_probe.watch(actor, optim, out=path, strict=True, **watch_kwargs) as w:
         with torch.no_grad():
             dist = Categorical(probs=actor(obs))
             action = dist.sample()
@@ -111,16 +112,42 @@ def test_probs_built_distribution_and_kept_logits(tmp_path):
             optim.zero_grad()
             (-(new - old).exp().mean()).backward()
             optim.step()
-    run = ppo_probe.load(w.path)
+    # rows of the second step were computed by the policy after one step (policy_now)
+    torch_kl = torch.distributions.kl_divergence(Categorical(probs=dist.probs), Categorical(probs=policy_now))
+    return ppo_probe.load(w.path), torch_kl.double()
+
+
+def test_probs_built_distribution_and_kept_logits(tmp_path):
+    run, torch_kl = _probs_built_run(tmp_path / "run", 16, logits_one_in=1)
     assert run.pairs["paired"].all() and len(run.pairs) == 32
     second = run.pairs[run.pairs["epoch"] == 1]
-    # rows of the second step were computed by the policy after one step (policy_now)
-    torch_kl = torch.distributions.kl_divergence(
-        Categorical(probs=dist.probs), Categorical(probs=policy_now)
-    )
     assert float(torch_kl.mean()) > 1e-3
-    assert torch.allclose(torch.tensor(second["kl_exact"].to_numpy()), torch_kl.double(), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(torch.tensor(second["kl_exact"].to_numpy()), torch_kl, rtol=1e-4, atol=1e-7)
     assert (run.dists["entropy_norm"] > 0).all() and (run.dists["n_categories"] == 5).all()
+
+
+def test_logits_kept_for_one_row_in_k_the_same_rows_at_sampling_and_update(tmp_path):
+    """By default about one row in K (5 here) keeps its logits; which ones depends on the input
+    alone, so every sample that has them at sampling has them in both update epochs, and the
+    exact KL of those rows is torch's. The Categorical statistics still use every row."""
+    run, torch_kl = _probs_built_run(tmp_path / "run", 2000)
+    samples = run.table("samples").to_pandas()
+    has = samples["logits"].notna()
+    by_phase = samples.assign(has=has).groupby("phase")["has"].mean()
+    assert 0.15 < by_phase["sampling"] < 0.25, by_phase  # binomial sd at 2000 rows: 0.009
+    assert by_phase["sampling"] == by_phase["update"]
+    kept_fps = set(samples.loc[has & (samples["phase"] == "sampling"), "fingerprint"])
+    update = samples[samples["phase"] == "update"]
+    assert (update["logits"].notna() == update["fingerprint"].isin(kept_fps)).all()
+    second = run.pairs[run.pairs["epoch"] == 1].reset_index(drop=True)
+    exact = second["kl_exact"].notna().to_numpy().copy()
+    assert exact.sum() == has[samples["phase"] == "sampling"].sum()
+    assert float(torch_kl.mean()) > 1e-3
+    ours = torch.from_numpy(second["kl_exact"].to_numpy()[exact].copy())
+    assert torch.allclose(ours, torch_kl[torch.from_numpy(exact)], rtol=1e-4, atol=1e-7)
+    assert (run.dists["entropy_norm"] > 0).all() and (run.dists["rows"] == 2000).all()
+    with pytest.raises(ValueError, match="logits_one_in"):
+        ppo_probe.watch(logits_one_in=0)
 
 
 def test_tensors_written_in_place_after_log_prob_are_counted_not_mispaired(tmp_path):

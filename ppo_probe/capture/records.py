@@ -44,7 +44,9 @@ class DistRecord:
     rows: int
     n_categories: int
     logits: torch.Tensor  # detached normalized logits, [rows, K]
-    keep_logits: bool
+    # logits are written for the rows whose fingerprint falls in one of this many classes, the
+    # same rows at sampling and at update; 0: none (K over keep_logits_max_k)
+    logits_one_in: int
     # The actor input rows, cloned when the Categorical was built ([rows, width]); hashed into
     # ``fingerprint`` in bulk on the writer thread. Both None when there was no usable input.
     fp_input: torch.Tensor | None
@@ -250,6 +252,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         summed = [torch.stack(c.grads).sum(0) if len(c.grads) > 1 else c.grads[0] for c in grad_calls]
         grad[has_grad] = _host(summed, torch.float32)
 
+    one_in = per_call([c.dist.logits_one_in for c in calls])
     # [B] actions and log-probs, the common case, need no view per call
     actions = [
         c.action if c.action.dim() == 1 and c.action.shape == c.logp.shape
@@ -269,22 +272,44 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "action": _host(actions, torch.int64),
         "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
-        "logits": _logits_column(calls, counts),
+        "logits": _logits_column(calls, counts, has_fp & logits_kept(fingerprint, one_in)),
     }
     return columns, sum(changed)
 
 
-def _logits_column(calls: list[CallRecord], counts: np.ndarray) -> pa.Array:
-    kept = [c for c in calls if c.dist.keep_logits]
-    lengths = np.repeat([c.dist.n_categories if c.dist.keep_logits else 0 for c in calls], counts)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    rows = [_rows_of(c, c.dist.logits) for c in kept]
-    if len({r.shape[1] for r in rows}) == 1:  # one K: join the [rows, K] blocks, flatten once
-        values = pa.array(_host([torch.cat(rows).reshape(-1)], torch.float32), type=pa.float32())
+def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
+    """Rows whose logits are written: those whose fingerprint, mixed (a multiply and a shift: the
+    fingerprint is a linear hash, its low bits follow the input's), is 0 modulo ``one_in`` (0: none).
+    A function of the input alone, so a sample's sampling row and its update rows agree."""
+    with np.errstate(over="ignore"):
+        mixed = fingerprint.astype(np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= mixed >> np.uint64(32)
+    return (one_in > 0) & (mixed % np.maximum(one_in, 1).astype(np.uint64) == 0)
+
+
+def _logits_column(calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
+    null elsewhere. One gather per K on the logits' device, one host copy."""
+    k_row = np.repeat([c.dist.n_categories for c in calls], counts)
+    offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
+    kept = [c.dist.logits_one_in > 0 for c in calls]
+    blocks = [_rows_of(c, c.dist.logits) for c, k in zip(calls, kept) if k]
+    of_kept = keep[np.repeat(kept, counts)]  # the mask over the kept calls' rows, in order
+    if not blocks or not of_kept.any():
+        values = pa.array([], type=pa.float32())
+    elif len({(b.shape[1], b.device) for b in blocks}) == 1:  # one K: gather from the joined block
+        joined = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+        index = torch.from_numpy(np.flatnonzero(of_kept)).to(joined.device)
+        values = pa.array(_host([joined[index].reshape(-1)], torch.float32), type=pa.float32())
     else:
-        values = pa.array(_host([r.reshape(-1) for r in rows], torch.float32), type=pa.float32())
-    null = np.repeat([not c.dist.keep_logits for c in calls], counts)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(null, type=pa.bool_()))
+        parts, start = [], 0
+        for b in blocks:
+            rows = np.flatnonzero(of_kept[start:start + b.shape[0]])
+            start += b.shape[0]
+            if len(rows):
+                parts.append(b[torch.from_numpy(rows).to(b.device)].reshape(-1))
+        values = pa.array(_host(parts, torch.float32), type=pa.float32())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~keep, type=pa.bool_()))
 
 
 def _step_norms(steps: list[StepRecord], counts: np.ndarray) -> dict[str, np.ndarray]:

@@ -25,6 +25,8 @@ _HARD_CAP = 8
 @dataclass
 class Settings:
     keep_logits_max_k: int = 64
+    # keep the logits of one row in this many (chosen by the input's fingerprint); None: one in K
+    logits_one_in: int | None = None
     flush_rows: int = 65_536
     flush_bytes: int = 64 * 2**20  # kept logits and input rows
     strict: bool = False
@@ -235,7 +237,7 @@ class Session:
             rows=rows,
             n_categories=k,
             logits=logits,
-            keep_logits=k <= self.settings.keep_logits_max_k,
+            logits_one_in=self._logits_one_in(k),
             fp_input=fp_input,
             fingerprint=fingerprint,
             logits_require_grad=bool(param.requires_grad),
@@ -257,6 +259,11 @@ class Session:
         self._buffered_bytes += logits.numel() * logits.element_size()
         if fp_input is not None:
             self._buffered_bytes += fp_input.numel() * fp_input.element_size()
+
+    def _logits_one_in(self, k: int) -> int:
+        if k > self.settings.keep_logits_max_k:
+            return 0
+        return self.settings.logits_one_in or max(1, k)
 
     def _keep_input(self, entry: Any, rows: int) -> tuple[str, str | None, Any, bool]:
         """Clone the attributed input rows now (one op, no sync); they are hashed in bulk at the

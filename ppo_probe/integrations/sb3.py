@@ -58,13 +58,13 @@ class ProbeCallback(BaseCallback):
         out: run directory (default: a timestamped directory, as for ``ppo_probe.watch``).
         verbose: SB3's callback verbosity; 1 prints the run directory when training ends.
         **watch_kwargs: any other keyword of :func:`ppo_probe.watch` (``every``,
-            ``first_cycles``, ``keep_logits_max_k``, ``flush_rows``, ``overwrite``, ``strict``).
+            ``first_cycles``, ``keep_logits_max_k``, ``logits_one_in``, ``flush_rows``, ``overwrite``, ``strict``).
     """
 
     def __init__(self, out: str | os.PathLike[str] | None = None, verbose: int = 0, **watch_kwargs: Any) -> None:
         super().__init__(verbose)
         unknown = set(watch_kwargs) - {
-            "every", "first_cycles", "keep_logits_max_k", "flush_rows", "overwrite", "strict"
+            "every", "first_cycles", "keep_logits_max_k", "logits_one_in", "flush_rows", "overwrite", "strict"
         }
         if unknown:
             raise TypeError(f"ProbeCallback got unexpected keyword arguments {sorted(unknown)}")
