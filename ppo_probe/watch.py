@@ -237,6 +237,7 @@ class Watch:
                 hooks.attach()
 
             session.suspend, session.resume = suspend, resume
+            session.quiet = lambda quiet: categorical.set_quiet(session, quiet)
         except BaseException:
             stack.close()
             raise
@@ -316,6 +317,12 @@ class Watch:
     ) -> None:
         self._meta["status"] = "complete" if exc_type is None else f"interrupted: {exc_type.__name__}"
         self._body_raised = exc_type is not None
+        session = self.session
+        if exc_type is not None and session is not None and categorical.is_quiet(session):
+            # the patch was off (a skipped cycle's sampling): note a Categorical that failed to build
+            args = categorical.failed_init(tb)
+            if args is not None:
+                session.on_dist_init_failed((), args)
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()

@@ -9,7 +9,7 @@ from torch.distributions import Categorical, Distribution
 
 import ppo_probe
 from test_invariants import _assert_no_trace
-from trainers import BanditConfig, make_actor
+from trainers import BanditConfig, make_actor, train_bandit
 from zoo import Bugs, Config, build, train
 
 QUIET = {"update-too-small", "update-too-large", "kl-sign-cancellation"}
@@ -65,7 +65,8 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     torch.manual_seed(0)
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    at_sampling, in_update = [], []
+    at_sampling, in_update, patched_at_sampling, patched_in_update = [], [], [], []
+    original = Categorical.__dict__["log_prob"]
     with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
         for _cycle in range(6):
             obs = torch.randn(64, cfg.obs_dim)
@@ -73,6 +74,7 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 dist = Categorical(logits=actor(obs))
                 action = dist.sample()
                 at_sampling.append(len(actor._forward_pre_hooks))
+                patched_at_sampling.append(Categorical.__dict__["log_prob"] is not original)
                 old = dist.log_prob(action)
             for _step in range(3):
                 ratio = (Categorical(logits=actor(obs)).log_prob(action) - old).exp()
@@ -81,7 +83,11 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 loss.backward()
                 optim.step()
                 in_update.append(len(actor._forward_pre_hooks))
+                patched_in_update.append(Categorical.__dict__["log_prob"] is not original)
     assert at_sampling == [1, 0, 0, 1, 0, 0]
+    # the Categorical patch is off in a skipped sampling phase, on again from its first step
+    assert patched_at_sampling == [True, False, False, True, False, False]
+    assert all(patched_in_update)
     assert in_update[6:9] == [1, 1, 1]  # cycle 2: armed from its first step on
     assert in_update[3:6] == [0, 0, 0] and in_update[12:15] == [0, 0, 0]
     assert in_update[15:] == [1, 1, 1]  # armed for cycle 6 when the watch ends: still no trace
@@ -91,12 +97,15 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     assert bool(report.run.pairs["paired"].all()) and len(report.run.pairs) == 2 * 3 * 64
 
 
-def test_a_nan_crash_in_a_skipped_cycle_is_still_found(tmp_path):
+@pytest.mark.parametrize("step", [0, 3])
+def test_a_nan_crash_in_a_skipped_cycle_is_still_found(tmp_path, step):
+    """At step 0 the Categorical patch is on (it is looking for the cycle's start); later in a
+    skipped sampling phase it is off, and the failure is read from the exception's traceback."""
     previous = Distribution._validate_args
     Distribution.set_default_validate_args(True)
     try:
         cfg = Config(num_iterations=8)
-        bugs = Bugs(nan_obs_at_iteration=5)
+        bugs = Bugs(nan_obs_at_iteration=5, nan_obs_at_step=step)
         envs, agent, optimizer = build(cfg, bugs)
         probe = ppo_probe.watch(agent, optimizer, out=tmp_path / "run", every=4, first_cycles=2)
         with pytest.raises(ValueError):
@@ -110,6 +119,7 @@ def test_a_nan_crash_in_a_skipped_cycle_is_still_found(tmp_path):
     found = report.diagnostics.set_index("id")
     assert "nonfinite-values" in found.index
     assert "Categorical constructions failed" in found.loc["nonfinite-values", "evidence"]
+    assert report.run.meta["counts"]["nonfinite_dist_inputs"] == 1
 
 
 def test_reloaded_weights_are_found_across_skipped_cycles(tmp_path):
@@ -156,3 +166,22 @@ def test_sb3_ppo_unchanged_under_a_schedule(tmp_path):
     assert sorted(report.per_cycle["cycle"]) == [0, 1, 4, 8]
     assert len(report.run.pairs) == 4 * 3 * 128 and bool(report.run.pairs["paired"].all())
     assert set(report.diagnostics["id"]) <= QUIET, report.diagnostics[["id", "evidence"]]
+
+
+def test_nested_watches_with_different_schedules_each_get_their_cycles(tmp_path):
+    """The Categorical patch comes off only while every watch is in a skipped sampling phase: an
+    outer watch recording every cycle keeps all of them while the inner one skips."""
+    cfg = BanditConfig(seed=3, cycles=6)
+    torch.manual_seed(3)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "all", strict=True, every=1) as outer:
+        with ppo_probe.watch(actor, optim, out=tmp_path / "some", strict=True, every=4, first_cycles=1) as inner:
+            train_bandit(cfg, {"a": actor}, optim)
+    everything, some = ppo_probe.analyze(outer.path), ppo_probe.analyze(inner.path)
+    assert sorted(everything.per_cycle["cycle"]) == list(range(6))
+    assert sorted(some.per_cycle["cycle"]) == [0, 4]
+    for report, cycles in ((everything, 6), (some, 2)):
+        assert len(report.run.pairs) == cycles * cfg.epochs * cfg.batch
+        assert bool(report.run.pairs["paired"].all())
+    _assert_no_trace([actor], optim)

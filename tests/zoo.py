@@ -92,6 +92,7 @@ class Bugs:
     adamw_unused_head: bool = False
     # at this iteration one observation entry becomes NaN before the sampling forward
     nan_obs_at_iteration: int | None = None
+    nan_obs_at_step: int = 0  # ... at this rollout step of it
     # SB3-style KL guard: break out of the update before the step when approx_kl > 1.5 * target
     target_kl: float | None = None
     # the update feeds b_obs * this (a recomputed state encoding)
@@ -214,7 +215,7 @@ def _train(
     for iteration in range(cfg.num_iterations):
         # ---- rollout
         for step in range(cfg.num_steps):
-            if bugs.nan_obs_at_iteration == iteration and step == 0:
+            if bugs.nan_obs_at_iteration == iteration and step == bugs.nan_obs_at_step:
                 next_obs[0, 0] = float("nan")  # bug: a corrupt observation reaches the actor
             obs[step] = next_obs
             dones[step] = next_done

@@ -2,12 +2,15 @@
 
 Categorical has no hook API, so this is the only place the probe patches a class. The patch is
 installed when the first session attaches and the original functions are put back when the last
-one detaches, so nested and repeated watches share one patch.
+one detaches, so nested and repeated watches share one patch. While every attached session is
+quiet (the sampling phase of a cycle the schedule skips, where no event is needed) the original
+functions are put back too, so such a phase costs the trainer nothing.
 """
 
 from __future__ import annotations
 
 import threading
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -21,26 +24,61 @@ if TYPE_CHECKING:
 _PATCHED = ("__init__", "sample", "log_prob", "entropy")
 _lock = threading.Lock()
 _sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers iterate it unlocked
-_originals: dict[str, Any] = {}
+_originals: dict[str, Any] = {}  # non-empty while the patch is installed
+_quiet: frozenset[int] = frozenset()  # id() of the attached sessions that need no events now
+_INIT_CODE = Categorical.__dict__["__init__"].__code__
 
 
 def attach(session: Session) -> Handle:
     """Route Categorical events to ``session`` until the returned handle is removed."""
     global _sessions
     with _lock:
-        if not _sessions:
-            _install()
         _sessions = (*_sessions, session)
+        _sync()
     return Handle(lambda: _detach(session))
 
 
 def _detach(session: Session) -> None:
-    global _sessions
+    global _sessions, _quiet
     with _lock:
         if session in _sessions:
             _sessions = tuple(s for s in _sessions if s is not session)
-        if not _sessions:
-            _uninstall()
+        _quiet = _quiet - {id(session)}
+        _sync()
+
+
+def set_quiet(session: Session, quiet: bool) -> None:
+    """``session`` needs no Categorical events (True) or needs them again (False)."""
+    global _quiet
+    with _lock:
+        _quiet = _quiet | {id(session)} if quiet else _quiet - {id(session)}
+        _sync()
+
+
+def is_quiet(session: Session) -> bool:
+    return id(session) in _quiet
+
+
+def _sync() -> None:
+    """Install the patch when some attached session needs events, else put the originals back."""
+    needed = any(id(s) not in _quiet for s in _sessions)
+    if needed and not _originals:
+        _install()
+    elif not needed and _originals:
+        _uninstall()
+
+
+def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
+    """The ``logits`` / ``probs`` arguments of a Categorical.__init__ that raised the exception
+    whose traceback is ``tb`` (None if it did not come from one): how a failure is still noted
+    when the patch was not installed at the time."""
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _INIT_CODE:
+            args = {k: frame.f_locals.get(k) for k in ("probs", "logits")}
+            return {k: v for k, v in args.items() if v is not None}
+        tb = tb.tb_next
+    return None
 
 
 def _install() -> None:

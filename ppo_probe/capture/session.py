@@ -81,6 +81,8 @@ class Session:
         self.recorded_cycles = 1
         self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
         self.resume: Any = lambda: None  # re-attach them
+        # set by the watch: Categorical events not needed (True: a skipped cycle's sampling phase)
+        self.quiet: Any = lambda quiet: None
         self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
         # id(Categorical) -> (weak reference to it, its record); looked up without allocating
@@ -406,10 +408,12 @@ class Session:
         cycle is recorded: this cycle's remaining steps are recorded, then dropped)."""
         self.seq += 1
         self.steps_in_cycle += 1
-        if self.steps_in_cycle == 1 and self.settings.scheduled(self.cycle + 1):
-            self.skipping = False
-            self.resume()
-            return True
+        if self.steps_in_cycle == 1:
+            self.quiet(False)  # the update phase: the next cycle begins at a Categorical
+            if self.settings.scheduled(self.cycle + 1):
+                self.skipping = False
+                self.resume()
+                return True
         return False
 
     def _new_cycle(self, dist: Any = None) -> None:
@@ -427,14 +431,18 @@ class Session:
             if self.skipping:  # not armed (a cycle without steps cannot end): start late
                 self.skipping = False
                 self.resume()
-        elif not self.skipping:
-            self.skipping = True
-            self._last_dist = None
-            self.suspend()
-            # Write what the recorded cycles buffered now: objects kept through the skipped cycles
-            # would bring on full garbage collections, ~0.15 s each in a process holding torch
-            # (the commit that added this line has the side-by-side figures).
-            self.flush()
+        else:
+            # a skipped cycle's sampling phase needs no Categorical event: its first optimizer
+            # step (on_skipped_step) asks for them again
+            self.quiet(True)
+            if not self.skipping:
+                self.skipping = True
+                self._last_dist = None
+                self.suspend()
+                # Write what the recorded cycles buffered now: objects kept through the skipped
+                # cycles would bring on full garbage collections, ~0.15 s each in a process
+                # holding torch (the commit that added this line has the side-by-side figures).
+                self.flush()
 
     # ---------------------------------------------------------------- flushing
 
