@@ -36,7 +36,12 @@ def fingerprint_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
         bits = (flat.real.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
     else:
         bits = flat.to(torch.int64)
-    return (bits * _weights_for(bits.shape[1], bits.device)).sum(dim=1)
+    weights = _weights_for(bits.shape[1], bits.device)
+    if bits.device.type == "cpu":
+        # an integer matrix-vector product wraps modulo 2**64 like the sum below and gives the same
+        # hash, without the [rows, width] product (164k x 64 rows: 4 ms against 30 ms)
+        return torch.mv(bits, weights)
+    return (bits * weights).sum(dim=1)
 
 
 @torch.no_grad()

@@ -134,14 +134,15 @@ def _float(value: Any) -> float:
 @torch.no_grad()
 def _row_stats(logits: torch.Tensor) -> torch.Tensor:
     """Per-row [masked count, spread of unmasked logits, entropy, entropy / log K_eff, 1 if the
-    row holds a NaN or +Inf logit else 0]."""
+    row holds a NaN or +Inf logit else 0], in float32 (the logits' own precision at most; the
+    means over rows are taken in float64)."""
     # NaN or +Inf in normalized logits (-Inf is a mask); the means below skip such rows, so they
     # are counted apart: otherwise a NaN observation that the trainer does not validate vanishes
-    nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1).to(torch.float64)
+    nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1).to(torch.float32)
     masked = logits <= MASKED_LOGIT
-    n_masked = masked.sum(-1).to(torch.float64)
+    n_masked = masked.sum(-1).to(torch.float32)
     k_eff = logits.shape[-1] - n_masked
-    finite = logits.to(torch.float64).masked_fill(masked, 0.0)
+    finite = logits.to(torch.float32).masked_fill(masked, 0.0)
     probs = finite.exp().masked_fill(masked, 0.0)
     entropy = -(probs * finite).sum(-1)
     mean = finite.sum(-1) / k_eff.clamp(min=1)
@@ -163,7 +164,7 @@ def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
             by_k.setdefault((d.n_categories, d.logits.device), []).append(i)
     for indices in by_k.values():
         rows = np.array([dists[i].rows for i in indices])
-        stats = _row_stats(torch.cat([dists[i].logits for i in indices])).cpu().numpy()
+        stats = _row_stats(torch.cat([dists[i].logits for i in indices])).cpu().numpy().astype(np.float64)
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
         # Mean over the rows where a statistic is defined: entropy / log K_eff is undefined on a
         # row with one valid action, and must not blank out the whole distribution.
