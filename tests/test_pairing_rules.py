@@ -219,3 +219,47 @@ def test_split_heads_pair_per_head_and_a_rebuilt_distribution_is_no_head(tmp_pat
     assert len(pairs) == 2 * 2 * 128 * len(nvec)
     assert pairs["paired"].all()
     assert set(pairs["head"]) == {0, 1}
+
+
+def test_separate_head_modules_are_heads_of_one_forward(tmp_path):
+    """A MultiDiscrete policy with one head module per action dimension (a ModuleList whose
+    outputs the forward returns as a list): every head pairs, and no false unpaired-samples. A
+    Categorical built again from a head's logits is still no further head."""
+    torch.manual_seed(1)
+
+    class Policy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh())
+            self.heads = torch.nn.ModuleList([torch.nn.Linear(32, 3), torch.nn.Linear(32, 4)])
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            h = self.body(x)
+            return [head(h) for head in self.heads]
+
+    actor = Policy()
+    optim = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        for _cycle in range(2):
+            obs = torch.randn(128, 6)
+            with torch.no_grad():
+                dists = [Categorical(logits=logits) for logits in actor(obs)]
+                actions = [d.sample() for d in dists]
+                old = sum(d.log_prob(a) for d, a in zip(dists, actions))
+            adv = torch.randn(128)
+            for _epoch in range(2):
+                for idx in torch.randperm(128).split(64):
+                    out = actor(obs[idx])
+                    new = sum(Categorical(logits=lg).log_prob(a[idx]) for lg, a in zip(out, actions))
+                    entropy = Categorical(logits=out[1]).entropy().mean()  # rebuilt: no third head
+                    ratio = (new - old[idx]).exp()
+                    loss = -torch.min(ratio * adv[idx], ratio.clamp(0.8, 1.2) * adv[idx]).mean() - 0.01 * entropy
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step()
+    report = ppo_probe.analyze(w.path)
+    pairs = report.run.pairs
+    assert sorted(set(report.run.dists["head"])) == [0, 1]
+    assert len(pairs) == 2 * 2 * 128 * 2 and bool(pairs["paired"].all())
+    assert (pairs["actor"] == "actor").all()
+    assert "unpaired-samples" not in report.ids

@@ -25,6 +25,9 @@ class Entry:
     requires_grad: bool
     # a dict observation (SB3's MultiInputPolicy): its tensors, by key; ``tensor`` is the first
     parts: tuple[torch.Tensor, ...] | None = None
+    # first-element addresses of the tensors the call returned (a tensor, or a list / tuple /
+    # dict of them: one logits tensor per action dimension from separate head modules)
+    outputs: tuple[int, ...] = ()
 
     def current_version(self) -> int:
         """The version counter now (summed over a dict's tensors: any in-place write raises it)."""
@@ -77,6 +80,9 @@ class EntryTracker:
         self._head_of: Entry | None = None  # the entry further heads of this forward share
         self._head = 0  # head index of the last attributed Categorical
         self._head_at: tuple[int, int] | None = None  # (storage, start) of that head's logits
+        # addresses of the tensors the forward's calls returned, and those a head already took
+        self._head_outputs: frozenset[int] = frozenset()
+        self._heads_taken: set[int] = set()
         self._open: Entry | None = None  # the entry of the outermost call still running
         # watch-everything mode: a distinct label per outermost module seen ("Sequential",
         # "Sequential#1", ...), so that an actor and a critic of one class get different names
@@ -116,6 +122,11 @@ class EntryTracker:
     def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
         if self.depth == 0:
+            if self._open is not None:
+                try:
+                    self._open.outputs = _addresses(output)
+                except Exception as exc:  # noqa: BLE001 - never break the trainer
+                    self._on_error("forward hook", exc)
             self._tensorless = False
             self._outer = None
             self._open = None
@@ -170,18 +181,24 @@ class EntryTracker:
                 sibling is not None
                 and at is not None
                 and prev is not None
-                and at[0] == prev[0]
-                and at[1] > prev[1]
                 and sibling.grad_enabled == grad_enabled
                 and sibling.tensor.shape[: len(batch_shape)] == batch_shape
+                and (
+                    (at[0] == prev[0] and at[1] > prev[1])  # the next slice of one logits tensor
+                    # or another tensor the same forward returned (separate head modules)
+                    or (at[0] != prev[0] and at[1] in self._head_outputs and at[1] not in self._heads_taken)
+                )
             ):
                 self._head += 1
                 self._head_at = at
+                self._heads_taken.add(at[1])
                 return sibling, self._head
             return None, 0
         self._head = 0
         self._head_of = None
         self._head_at = at
+        self._head_outputs = frozenset(x for e in self.pending for x in e.outputs)
+        self._heads_taken = {at[1]} if at is not None else set()
         n = len(batch_shape)
         candidates = [
             e for e in self.pending if e.grad_enabled == grad_enabled and e.tensor.shape[:n] == batch_shape
@@ -219,6 +236,8 @@ class EntryTracker:
         self.pending.clear()
         self._last = self._head_of = self._open = None
         self._head_at = None
+        self._head_outputs = frozenset()
+        self._heads_taken = set()
 
     def reset(self) -> None:
         """Start from no open call (the hooks are attached again; a call that was running when
@@ -227,6 +246,18 @@ class EntryTracker:
         self.depth = 0
         self._tensorless = False
         self._outer = None
+
+
+def _addresses(output: Any) -> tuple[int, ...]:
+    """First-element addresses of a forward's returned tensors: a tensor, or up to 16 tensors of
+    a list, tuple or dict it returned (plain pointers: no device sync, ~0.1 us a tensor)."""
+    if type(output) is torch.Tensor or isinstance(output, torch.Tensor):
+        return (output.data_ptr(),) if not output.is_sparse else ()
+    if isinstance(output, dict):
+        output = list(output.values())
+    if not isinstance(output, (list, tuple)):
+        return ()
+    return tuple(v.data_ptr() for v in output[:16] if isinstance(v, torch.Tensor) and not v.is_sparse)
 
 
 def _where(t: torch.Tensor | None) -> tuple[int, int] | None:
