@@ -159,3 +159,19 @@ def test_report_renders_in_chromium(case, request):
             assert driver.save_screenshot(str(target))
     finally:
         driver.quit()
+
+
+def test_plots_say_when_the_schedule_skipped_cycles():
+    pytest.importorskip("matplotlib")
+    import pandas as pd
+
+    from ppo_probe import html as report_html
+
+    labels = []
+    for cycles in ([0, 1, 2], [0, 1, 20, 40]):
+        _fig, ax = report_html._figure()
+        ax.plot(cycles, [1.0] * len(cycles), label="x")
+        report_html._finish(ax, "KL", pd.DataFrame({"cycle": cycles}))
+        labels.append(ax.get_xlabel())
+    assert labels[0] == "cycle"
+    assert labels[1] == "cycle; 4 recorded cycles (markers), lines cross the skipped ones"
