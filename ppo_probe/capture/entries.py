@@ -251,13 +251,16 @@ class EntryTracker:
 def _addresses(output: Any) -> tuple[int, ...]:
     """First-element addresses of a forward's returned tensors: a tensor, or up to 16 tensors of
     a list, tuple or dict it returned (plain pointers: no device sync, ~0.1 us a tensor)."""
-    if type(output) is torch.Tensor or isinstance(output, torch.Tensor):
-        return (output.data_ptr(),) if not output.is_sparse else ()
-    if isinstance(output, dict):
-        output = list(output.values())
-    if not isinstance(output, (list, tuple)):
+    try:
+        if isinstance(output, torch.Tensor):
+            return (output.data_ptr(),) if not output.is_sparse else ()
+        if isinstance(output, dict):
+            output = list(output.values())
+        if not isinstance(output, (list, tuple)):
+            return ()
+        return tuple(v.data_ptr() for v in output[:16] if isinstance(v, torch.Tensor) and not v.is_sparse)
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
         return ()
-    return tuple(v.data_ptr() for v in output[:16] if isinstance(v, torch.Tensor) and not v.is_sparse)
 
 
 def _where(t: torch.Tensor | None) -> tuple[int, int] | None:

@@ -40,7 +40,10 @@ def fingerprint_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     if bits.device.type == "cpu":
         # an integer matrix-vector product wraps modulo 2**64 like the sum below and gives the same
         # hash, without the [rows, width] product (164k x 64 rows: 4 ms against 30 ms)
-        return torch.mv(bits, weights)
+        try:
+            return torch.mv(bits, weights)
+        except (RuntimeError, NotImplementedError):  # a torch build without integer mv
+            pass
     return (bits * weights).sum(dim=1)
 
 
