@@ -263,3 +263,9 @@ def test_separate_head_modules_are_heads_of_one_forward(tmp_path):
     assert len(pairs) == 2 * 2 * 128 * 2 and bool(pairs["paired"].all())
     assert (pairs["actor"] == "actor").all()
     assert "unpaired-samples" not in report.ids
+    # logits of two K (3 and 4) in one flush: each row's kept logits are its own, so at a cycle's
+    # first step (the policy still the sampling one) the exact KL of every row that has them is 0
+    first = pairs[pairs["step"] == pairs.groupby("cycle")["step"].transform("min")]
+    for head in (0, 1):
+        kl = first.loc[first["head"] == head, "kl_exact"].dropna()
+        assert len(kl) > 0 and float(kl.abs().max()) < 1e-6, (head, kl.describe())
