@@ -5,10 +5,14 @@ For each task and starting lr: train under watch (every cycle recorded), take
 KL (k3, as SB3 logs it) of the rerun against [0.5, 2] x target. The same is done for the lr
 rl_games' adaptive rule would have ended at (simulated through the same model).
 
+Then the two-run protocol: the rerun is analyzed with the first run as ``previous`` (the KL's
+slope in the lr read from the two runs, clipped to [0.5, 4] as the within-run fit is; nothing
+of it was tuned) and trained once more at that lr.
+
 The protocol: seeds 0-5 were used to choose the model (benchmarks/kl_vs_lr.py's curves, and this
 benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.64); seeds 6-9,
 the default, were held out and run once with the model as it stands. Held out in seed, not in
-task: the curves came from the same three tasks. About 20 s per seed on 2 cores.
+task: the curves came from the same three tasks. About 30 s per seed on 2 cores.
 
 Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]
 """
@@ -79,23 +83,35 @@ def main() -> None:
             for task, (run, lrs) in TASKS.items():
                 for i, lr in enumerate(lrs):
                     base = Path(tmp) / f"{run.__name__}-{seed}-{i}"
-                    kl0, rec = kl_of(run(lr, seed, base), target)
-                    kl1, _ = kl_of(run(rec["lr"], seed, base.with_name(base.name + "-rec")), target)
+                    first = run(lr, seed, base)
+                    kl0, rec = kl_of(first, target)
+                    rerun = run(rec["lr"], seed, base.with_name(base.name + "-rec"))
+                    kl1, _ = kl_of(rerun, target)
                     rl_lr = rec["rl_games_lr_per_cycle"][-1]
                     kl2, _ = kl_of(run(rl_lr, seed, base.with_name(base.name + "-rlg")), target)
-                    rows.append((task, seed, lr, kl0, rec["lr"], kl1, rl_lr, kl2))
+                    # the two-run protocol: the rerun analyzed with the first run as `previous`
+                    two_lr = ppo_probe.analyze(rerun, target_kl=target, previous=first).recommendation["lr"]
+                    kl3, _ = kl_of(run(two_lr, seed, base.with_name(base.name + "-two")), target)
+                    rows.append((task, seed, lr, kl0, rec["lr"], kl1, rl_lr, kl2, two_lr, kl3))
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
     print(f"target KL {target}; a rerun is on target when its median per-cycle KL is in "
           f"[{0.5 * target:.3g}, {2 * target:.3g}]")
-    print("| task | seed | lr | KL | recommended lr | KL of rerun | on target | rl_games lr | KL of rerun | on target |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for task, seed, lr, kl0, lr1, kl1, lr2, kl2 in rows:
+    print("| task | seed | lr | KL | recommended lr | KL of rerun | on target | rl_games lr | KL of rerun | on target "
+          "| two-run lr | KL of 2nd rerun | on target |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for task, seed, lr, kl0, lr1, kl1, lr2, kl2, lr3, kl3 in rows:
         print(f"| {task} | {seed} | {lr:.3g} | {kl0:.3g} | {lr1:.3g} | {kl1:.3g} | {'yes' if inside(kl1) else 'no'} "
-              f"| {lr2:.3g} | {kl2:.3g} | {'yes' if inside(kl2) else 'no'} |")
+              f"| {lr2:.3g} | {kl2:.3g} | {'yes' if inside(kl2) else 'no'} "
+              f"| {lr3:.3g} | {kl3:.3g} | {'yes' if inside(kl3) else 'no'} |")
     ours = sum(inside(r[5]) for r in rows)
     theirs = sum(inside(r[7]) for r in rows)
+    two = sum(inside(r[9]) for r in rows)
+    either = sum(inside(r[5]) or inside(r[9]) for r in rows)
     print(f"recommended lr on target in {ours} of {len(rows)} cases ({ours / len(rows):.0%}); "
-          f"rl_games' rule in {theirs} of {len(rows)} ({theirs / len(rows):.0%})")
+          f"rl_games' rule in {theirs} of {len(rows)} ({theirs / len(rows):.0%}); the second rerun "
+          f"(two-run slope) in {two} of {len(rows)} ({two / len(rows):.0%}); stopping at the first "
+          f"run on target, on target after at most two reruns in {either} of {len(rows)} "
+          f"({either / len(rows):.0%})")
 
 
 if __name__ == "__main__":

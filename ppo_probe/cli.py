@@ -52,6 +52,9 @@ def _analysis_flags(parser: argparse.ArgumentParser) -> None:
                         help="PPO's eps (default: [tool.ppo_probe] clip_coef, else inferred from the run)")
     parser.add_argument("--ignore", action="append", default=None, metavar="ID",
                         help="a diagnostic id not to report; repeat for more (replaces [tool.ppo_probe] ignore)")
+    parser.add_argument("--previous", default=None, metavar="RUN",
+                        help="an earlier run of the same trainer at another lr: the lr recommendation "
+                             "reads the KL's slope in the lr from the two runs")
 
 
 def _gate_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +119,8 @@ def _fail_on(args: argparse.Namespace, table: dict[str, Any]) -> str:
 
 def _analyze(path: str | os.PathLike[str], args: argparse.Namespace) -> Report:
     with _status(f"analyzing {path}"):
-        return analyze(path, target_kl=args.target_kl, clip_coef=args.clip_coef, ignore=args.ignore)
+        return analyze(path, target_kl=args.target_kl, clip_coef=args.clip_coef, ignore=args.ignore,
+                       previous=args.previous)
 
 
 def _failing(report: Report, fail_on: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -127,3 +128,27 @@ def test_kl_model_is_continuous_with_its_two_slopes(kl0):
     lr_knee = model.lr_for(0.005)
     assert model.kl_at(lr_knee / 10) == pytest.approx(0.005 / 100)  # slope 2 below the knee
     assert model.kl_at(lr_knee * 10) == pytest.approx(0.005 * 10**0.7)  # slope 0.7 above it
+
+
+def test_a_previous_run_gives_the_recommendation_its_slope(clipped_run, tmp_path):
+    """With ``previous`` (the same trainer at another lr), the KL's slope in the lr is read from
+    the two runs: p = log(KL / KL_prev) / log(lr / lr_prev), clipped to [0.5, 4], and the
+    multiplier is (target / KL)^(1 / p) from this run. A previous run at the same lr gives no slope."""
+    config = _config(tmp_path, "")
+    cfg = BanditConfig(seed=11, lr=3e-3, epochs=4, cycles=4)
+    torch.manual_seed(11)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "low", strict=True) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    low = ppo_probe.analyze(w.path, pyproject=config)
+    high = ppo_probe.analyze(clipped_run, pyproject=config, previous=w.path)
+    kl_low, kl_high = low.recommendation["kl_per_cycle_median"], high.recommendation["kl_per_cycle_median"]
+    p = min(4.0, max(0.5, math.log(kl_high / kl_low) / math.log(3e-2 / 3e-3)))
+    rec = high.recommendation
+    assert rec["kl_exponent_source"] == "two runs" and rec["kl_exponent"] == pytest.approx(p)
+    assert rec["lr_multiplier"] == pytest.approx((0.02 / kl_high) ** (1 / p), rel=1e-6)
+    assert "read from this run and the previous one" in rec["rationale"]
+    assert ppo_probe.analyze(clipped_run, pyproject=config, previous=low).recommendation == rec  # a Report works too
+    alone = ppo_probe.analyze(clipped_run, pyproject=config, previous=clipped_run).recommendation
+    assert alone["kl_exponent_source"] is None and "clip knee" in alone["rationale"]

@@ -63,6 +63,17 @@ def test_report_prints_findings_cycles_and_recommendation(tmp_path):
     assert header.split()[:2] == ["cycle", "n_steps"]
     assert "recommendation: lr" in out and "Adam" in out
     assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
+    # the same trainer at 4x the lr, reported with the first run as --previous
+    torch.manual_seed(3)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=4 * cfg.lr)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "faster") as w2:
+        train_bandit(cfg, {"a": actor}, optim)
+    two = _cli("report", str(w2.path), "--previous", str(w.path))
+    assert two.returncode == 0, two.stderr
+    assert "read from this run and the previous one" in two.stdout
+    missing = _cli("report", str(w2.path), "--previous", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
 
 def test_healthy_example_run_exits_0_and_removes_its_temporary_run():

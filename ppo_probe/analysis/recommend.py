@@ -99,6 +99,19 @@ def rl_games_rule(
     return lrs
 
 
+def two_run_exponent(lr: float, kl: float, previous: tuple[float, float] | None) -> float:
+    """p in KL ~ lr^p through this run's (lr, KL) and a previous run's, clipped to [0.5, 4] as
+    :func:`fit_exponent` is; nan when there is no usable previous run (its lr within 20% of this
+    one's, or a KL that is not positive)."""
+    if previous is None:
+        return float("nan")
+    lr0, kl0 = previous
+    values = np.array([lr, kl, lr0, kl0], dtype=float)
+    if not (np.isfinite(values).all() and (values > 0).all()) or max(lr, lr0) < 1.2 * min(lr, lr0):
+        return float("nan")
+    return float(np.clip(math.log(kl / kl0) / math.log(lr / lr0), 0.5, 4.0))
+
+
 def recommend(
     per_cycle: pd.DataFrame,
     per_step: pd.DataFrame,
@@ -106,8 +119,11 @@ def recommend(
     meta: dict[str, Any],
     t: Thresholds,
     clip_coef: float,
+    previous: tuple[float, float] | None = None,
 ) -> dict[str, Any] | None:
-    """lr, lr_multiplier, adv_scale and a rationale citing the numbers used; None without data."""
+    """lr, lr_multiplier, adv_scale and a rationale citing the numbers used; None without data.
+    ``previous``: (lr, median per-cycle KL) of an earlier run of the same trainer, the second
+    point the KL's slope in the lr is read from."""
     pc = per_cycle[per_cycle["kl_k3"].notna() & (per_cycle["kl_k3"].astype(float) > 0)]
     if pc.empty:
         return None
@@ -115,7 +131,13 @@ def recommend(
     lr_now = float(pc["lr"].astype(float).iloc[-1]) if pc["lr"].notna().any() else float("nan")
     knee = clip_knee(clip_coef)
     p, fitted_on = fit_exponent(per_cycle)
-    if fitted_on:
+    p_two = two_run_exponent(lr_now, kl, previous)
+    if np.isfinite(p_two):
+        p, fitted_on = p_two, 0
+        kl_model = KLModel(1.0, kl, knee, p, p)
+        model = (f"KL ~ lr^{p:.2f}, read from this run and the previous one (lr {previous[0]:.3g}: "
+                 f"KL {previous[1]:.3g}; lr {lr_now:.3g}: KL {kl:.3g}; slope clipped to [0.5, 4])")
+    elif fitted_on:
         kl_model = KLModel(1.0, kl, knee, p, p)
         model = f"KL ~ lr^{p:.2f}, fitted over {fitted_on} cycles where the lr varied"
     else:
@@ -160,7 +182,9 @@ def recommend(
         "lr_multiplier": multiplier,
         "adv_scale": adv_scale if np.isfinite(adv_scale) else None,
         "kl_per_cycle_median": kl,
-        "kl_exponent": p if fitted_on else None,
+        "lr_of_run": lr_now if np.isfinite(lr_now) else None,
+        "kl_exponent": p if fitted_on or np.isfinite(p_two) else None,
+        "kl_exponent_source": "two runs" if np.isfinite(p_two) else ("lr varied across cycles" if fitted_on else None),
         "kl_knee": knee,
         "optimizer": optimizer,
         "rl_games_lr_per_cycle": schedule,

@@ -217,6 +217,24 @@ def infer_clip_coef(pairs: pd.DataFrame) -> float | None:
     return (lo + hi) / 2
 
 
+def _previous_point(
+    previous: Report | Run | str | os.PathLike[str] | None,
+    target_kl: float | None,
+    clip_coef: float | None,
+    pyproject: str | os.PathLike[str] | None,
+    thresholds: dict[str, Any],
+) -> tuple[float, float] | None:
+    """(lr, median per-cycle KL) of ``previous``, analyzed with the same settings; None when it
+    has no KL or no lr."""
+    if previous is None:
+        return None
+    if not isinstance(previous, Report):
+        previous = analyze(previous, target_kl=target_kl, clip_coef=clip_coef, pyproject=pyproject, **thresholds)
+    rec = previous.recommendation or {}
+    lr, kl = rec.get("lr_of_run"), rec.get("kl_per_cycle_median")
+    return (float(lr), float(kl)) if lr is not None and kl is not None else None
+
+
 def analyze(
     run: Run | str | os.PathLike[str],
     *,
@@ -225,6 +243,7 @@ def analyze(
     ignore: list[str] | tuple[str, ...] | None = None,
     severities: dict[str, str] | None = None,
     pyproject: str | os.PathLike[str] | None = None,
+    previous: Report | Run | str | os.PathLike[str] | None = None,
     **thresholds: Any,
 ) -> Report:
     """Metrics, diagnostics and a recommendation for a run (a path or a loaded :class:`Run`).
@@ -241,6 +260,10 @@ def analyze(
         ignore: diagnostic ids not to report.
         severities: per-id severity overrides, e.g. ``{"update-too-small": "info"}``.
         pyproject: the pyproject.toml to read instead of searching from the working directory.
+        previous: an earlier run of the same trainer at another learning rate (its directory,
+            :class:`Run` or :class:`Report`): the recommendation then reads the KL's slope in
+            the lr from the two runs' (lr, median per-cycle KL) instead of assuming it. The way
+            to use the recommendation when one rerun did not land in the band.
         **thresholds: any other field of :class:`ppo_probe.analysis.config.Thresholds`.
     """
     if not isinstance(run, Run):
@@ -272,6 +295,7 @@ def analyze(
         per_step=steps_table,
         per_cycle=cycles,
         diagnostics=diagnostics,
-        recommendation=recommend(cycles, steps_table, run.steps, run.meta, t, eps),
+        recommendation=recommend(cycles, steps_table, run.steps, run.meta, t, eps,
+                                 _previous_point(previous, target_kl, clip_coef, pyproject, thresholds)),
         settings=settings,
     )
