@@ -11,7 +11,8 @@ of it was tuned) and trained once more at that lr.
 
 The protocol: seeds 0-5 were used to choose the model (benchmarks/kl_vs_lr.py's curves, and this
 benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.64); seeds 6-9,
-the default, were held out and run once with the model as it stands. Held out in seed, not in
+the default, were held out and run once with the model as it stands; seeds 10-13 were then
+run once more as fresh held-out seeds (README has both). Held out in seed, not in
 task: the curves came from the same three tasks. About 30 s per seed on 2 cores.
 
 Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]
