@@ -126,7 +126,8 @@ class Watch:
             Categorical patch is off until the cycle's first optimizer step, the optimizer hooks
             only count steps): 200 CartPole cycles with only cycle 0 recorded ran at 1.006 x
             plain, where a recorded cycle costs ~34% on that tiny MLP. A
-            Categorical that fails to build (NaN logits) is noted in any cycle.
+            Categorical that fails to build (NaN logits) is noted in any cycle (in a skipped
+            sampling phase from the traceback of the exception that ends the watch).
         first_cycles: the cycles recorded before the schedule thins out (where most structural
             bugs show); 8 by default.
         keep_logits_max_k: keep the full normalized logits (for the exact KL and the logit
