@@ -149,6 +149,7 @@ def test_a_previous_run_gives_the_recommendation_its_slope(clipped_run, tmp_path
     assert rec["kl_exponent_source"] == "two runs" and rec["kl_exponent"] == pytest.approx(p)
     assert rec["lr_multiplier"] == pytest.approx((0.02 / kl_high) ** (1 / p), rel=1e-6)
     assert "read from this run and the previous one" in rec["rationale"]
+    assert "--previous" not in rec["rationale"] and "--previous" in low.recommendation["rationale"]
     assert ppo_probe.analyze(clipped_run, pyproject=config, previous=low).recommendation == rec  # a Report works too
     alone = ppo_probe.analyze(clipped_run, pyproject=config, previous=clipped_run).recommendation
     assert alone["kl_exponent_source"] is None and "clip knee" in alone["rationale"]

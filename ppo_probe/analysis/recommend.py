@@ -181,6 +181,9 @@ def recommend(
     sentences.append(f"rl_games' adaptive rule (lr /1.5 above 2 x target, x1.5 below 0.5 x target, "
                      f"once per cycle; KL modelled as above) would have ended this run at lr "
                      f"{schedule[-1]:.3g}")
+    if not np.isfinite(p_two):
+        sentences.append("if a rerun at the recommended lr misses the band, analyze it with "
+                         "previous=<this run> (CLI: --previous) to read the KL's slope from the two runs")
     rationale = ". ".join(sentences) + "."
     return {
         "lr": lr_now * multiplier if np.isfinite(lr_now) else None,
