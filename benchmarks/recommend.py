@@ -6,13 +6,14 @@ KL (k3, as SB3 logs it) of the rerun against [0.5, 2] x target. The same is done
 rl_games' adaptive rule would have ended at (simulated through the same model).
 
 Then the two-run protocol: the rerun is analyzed with the first run as ``previous`` (the KL's
-slope in the lr read from the two runs, clipped to [0.5, 4] as the within-run fit is; nothing
-of it was tuned) and trained once more at that lr.
+slope in the lr read from the two runs, clipped to [0.5, 4] as the within-run fit is, the lr
+moved at most 4x) and trained once more at that lr.
 
 The protocol: seeds 0-5 were used to choose the model (benchmarks/kl_vs_lr.py's curves, and this
 benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.64); seeds 6-9,
-the default, were held out and run once with the model as it stands; seeds 10-13 were then
-run once more as fresh held-out seeds (README has both). Held out in seed, not in
+the default, were held out and run once with the model as it stands; seeds 10-13 and 14-17
+were then run once each as fresh held-out seeds for the two-run protocol's slope floor and step
+cap (README has all three; the next evaluation needs seeds 18 and up). Held out in seed, not in
 task: the curves came from the same three tasks. About 30 s per seed on 2 cores.
 
 Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]

@@ -133,7 +133,8 @@ def test_kl_model_is_continuous_with_its_two_slopes(kl0):
 def test_a_previous_run_gives_the_recommendation_its_slope(clipped_run, tmp_path):
     """With ``previous`` (the same trainer at another lr), the KL's slope in the lr is read from
     the two runs: p = log(KL / KL_prev) / log(lr / lr_prev), clipped to [0.5, 4], and the
-    multiplier is (target / KL)^(1 / p) from this run. A previous run at the same lr gives no slope."""
+    multiplier is (target / KL)^(1 / p) from this run, within [1/4, 4]. A previous run at the same
+    lr gives no slope."""
     config = _config(tmp_path, "")
     cfg = BanditConfig(seed=11, lr=3e-3, epochs=4, cycles=4)
     torch.manual_seed(11)
@@ -147,9 +148,29 @@ def test_a_previous_run_gives_the_recommendation_its_slope(clipped_run, tmp_path
     p = min(4.0, max(0.5, math.log(kl_high / kl_low) / math.log(3e-2 / 3e-3)))
     rec = high.recommendation
     assert rec["kl_exponent_source"] == "two runs" and rec["kl_exponent"] == pytest.approx(p)
-    assert rec["lr_multiplier"] == pytest.approx((0.02 / kl_high) ** (1 / p), rel=1e-6)
+    expected = min(4.0, max(0.25, (0.02 / kl_high) ** (1 / p)))  # a two-run step moves the lr 4x at most
+    assert rec["lr_multiplier"] == pytest.approx(expected, rel=1e-6)
     assert "read from this run and the previous one" in rec["rationale"]
     assert "--previous" not in rec["rationale"] and "--previous" in low.recommendation["rationale"]
     assert ppo_probe.analyze(clipped_run, pyproject=config, previous=low).recommendation == rec  # a Report works too
     alone = ppo_probe.analyze(clipped_run, pyproject=config, previous=clipped_run).recommendation
     assert alone["kl_exponent_source"] is None and "clip knee" in alone["rationale"]
+
+
+def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
+    """Two points on a plateau (KL x1.1 over an 8x lr: a secant under the 0.5 floor) would ask for
+    (0.02 / 0.0066)^2 ~ 9x; the two-run step is capped at 4x, and says so."""
+    import pandas as pd
+
+    from ppo_probe.analysis.config import Thresholds
+    from ppo_probe.analysis.recommend import recommend
+
+    per_cycle = pd.DataFrame({"cycle": [0, 1, 2], "lr": [8e-3] * 3, "kl_k3": [0.0066] * 3})
+    per_step = pd.DataFrame({"adv_eff_std": [1.0, 1.0]})
+    steps = pd.DataFrame({"holds_actor": [True], "optimizer_class": ["Adam"]})
+    rec = recommend(per_cycle, per_step, steps, {}, Thresholds(), 0.2, previous=(1e-3, 0.006))
+    assert rec["kl_exponent"] == pytest.approx(0.5) and rec["kl_exponent_source"] == "two runs"
+    assert rec["lr_multiplier"] == pytest.approx(4.0) and rec["lr"] == pytest.approx(0.032)
+    assert "clamped from" in rec["rationale"]
+    alone = recommend(per_cycle, per_step, steps, {}, Thresholds(), 0.2)
+    assert alone["lr_multiplier"] == pytest.approx((0.02 / 0.0066) ** (1 / 0.7))  # no cap on one run

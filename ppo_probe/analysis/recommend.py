@@ -33,6 +33,13 @@ P_BELOW, P_ABOVE = 2.0, 0.7
 # if it did no worse on fresh seeds: on seeds 10-13 it put 34 of 36 second reruns on target
 # against 35 with 0.5, neither collapsing, so 0.5 stays (README, the recommendation measured).
 TWO_RUN_P_RANGE = (0.5, 4.0)
+# The most a two-run recommendation moves the lr (x or / this). Where the two points lie on a
+# plateau of the KL (CartPole from lr 1e-3 on seeds 6-7: a secant under 0.5) the power law asks
+# for 7-9x and the policy collapsed (KL 0.55, 0.82); capped at 4 the same cases land at 0.031 /
+# 0.034. Chosen after seeing those seeds, then checked on fresh seeds 14-17 against no cap (a rule
+# fixed beforehand: keep it if no worse): 34 of 36 second reruns on target each; it bound in 3
+# CartPole cases, which landed at KL 0.026 / 0.023 / 0.023 instead of 0.033 / 0.024 / 0.013.
+TWO_RUN_MAX_STEP: float | None = 4.0
 
 
 def clip_knee(clip_coef: float) -> float:
@@ -150,6 +157,8 @@ def recommend(
         model = (f"KL ~ lr^{P_BELOW:g} below the clip knee eps^2/8 = {knee:.3g} (eps {clip_coef:g}) "
                  f"and ~ lr^{P_ABOVE:g} above it, where the clip holds the KL back")
     lo, hi = LR_MULTIPLIER_RANGE
+    if np.isfinite(p_two) and TWO_RUN_MAX_STEP is not None:
+        lo, hi = 1.0 / TWO_RUN_MAX_STEP, TWO_RUN_MAX_STEP
     raw = kl_model.lr_for(t.target_kl)  # lr0 = 1: the model's lr is the multiplier
     multiplier = float(np.clip(raw, lo, hi))
     adv_std = per_step["adv_eff_std"].astype(float).dropna()
