@@ -14,7 +14,7 @@ benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.6
 the default, were held out and run once with the model as it stands; seeds 10-13 and 14-17
 were then run once each as fresh held-out seeds for the two-run protocol's slope floor and step
 cap (README has all three; the next evaluation needs seeds 18 and up). Held out in seed, not in
-task: the curves came from the same three tasks. About 30 s per seed on 2 cores.
+task: the curves came from the same three tasks. About 1 minute per seed here.
 
 Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]
 """
