@@ -17,7 +17,6 @@ Usage: python benchmarks/take_apart.py [--case cartpole|mlp512] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import tempfile
@@ -40,8 +39,6 @@ from ppo_probe.capture import entries, optim, session  # noqa: E402
 from ppo_probe.storage import writer  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp())
-# the module, not the function ppo_probe.watch that shadows it as an attribute of the package
-watch_module = importlib.import_module("ppo_probe.watch")
 
 
 class Timers:
@@ -104,8 +101,8 @@ def timed_parts(timers: Timers):  # noqa: ANN201
     patch(E, "hooks_for", lambda self, *a: timed_pair(hooks_for(self, *a)))
     patch(E, "global_hooks", lambda self: timed_pair(global_hooks(self)))
     patch(W, "_write_batch", timers.wrap("Parquet writing", W.__dict__["_write_batch"]))
-    patch(watch_module.Watch, "_finish", timers.wrap("watch exit (final flush, writer join)",
-                                                      watch_module.Watch.__dict__["_finish"]))
+    patch(ppo_probe.Watch, "_finish", timers.wrap("watch exit (final flush, writer join)",
+                                                  ppo_probe.Watch.__dict__["_finish"]))
     try:
         yield
     finally:

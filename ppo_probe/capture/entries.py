@@ -81,8 +81,8 @@ class EntryTracker:
         self._head = 0  # head index of the last attributed Categorical
         self._head_at: tuple[int, int] | None = None  # (storage, start) of that head's logits
         # addresses of the tensors the forward's calls returned, and those a head already took
-        self._head_outputs: frozenset[int] = frozenset()
-        self._heads_taken: set[int] = set()
+        self._head_outputs: list[tuple[int, ...]] = []
+        self._heads_taken: list[int] = []
         self._open: Entry | None = None  # the entry of the outermost call still running
         # watch-everything mode: a distinct label per outermost module seen ("Sequential",
         # "Sequential#1", ...), so that an actor and a critic of one class get different names
@@ -186,19 +186,23 @@ class EntryTracker:
                 and (
                     (at[0] == prev[0] and at[1] > prev[1])  # the next slice of one logits tensor
                     # or another tensor the same forward returned (separate head modules)
-                    or (at[0] != prev[0] and at[1] in self._head_outputs and at[1] not in self._heads_taken)
+                    or (
+                        at[0] != prev[0]
+                        and at[1] not in self._heads_taken
+                        and any(at[1] in outputs for outputs in self._head_outputs)
+                    )
                 )
             ):
                 self._head += 1
                 self._head_at = at
-                self._heads_taken.add(at[1])
+                self._heads_taken.append(at[1])
                 return sibling, self._head
             return None, 0
         self._head = 0
         self._head_of = None
         self._head_at = at
-        self._head_outputs = frozenset(x for e in self.pending for x in e.outputs)
-        self._heads_taken = {at[1]} if at is not None else set()
+        self._head_outputs = [e.outputs for e in self.pending]  # searched only for a further head
+        self._heads_taken = [at[1]] if at is not None else []
         n = len(batch_shape)
         candidates = [
             e for e in self.pending if e.grad_enabled == grad_enabled and e.tensor.shape[:n] == batch_shape
@@ -236,8 +240,8 @@ class EntryTracker:
         self.pending.clear()
         self._last = self._head_of = self._open = None
         self._head_at = None
-        self._head_outputs = frozenset()
-        self._heads_taken = set()
+        self._head_outputs = []
+        self._heads_taken = []
 
     def reset(self) -> None:
         """Start from no open call (the hooks are attached again; a call that was running when

@@ -72,9 +72,7 @@ class StepRecorder:
     # models): one norm call before the step, one after, one stack of every norm.
     @torch.no_grad()
     def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        session = self._session
-        if session.skipping:
-            return
+        session = self._session  # (the watch calls this only outside skipped cycles)
         params, groups = _params(optimizer)
         grads = [p.grad for p in params]
         outside_present, norms = self._measure(params, [g for g in grads if g is not None])

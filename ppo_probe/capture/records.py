@@ -283,7 +283,7 @@ def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
     fingerprint is a linear hash, its low bits follow the input's), is 0 modulo ``one_in`` (0: none).
     A function of the input alone, so a sample's sampling row and its update rows agree."""
     with np.errstate(over="ignore"):
-        mixed = fingerprint.astype(np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        mixed = fingerprint.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # int64 in, no copy
     mixed ^= mixed >> np.uint64(32)
     return (one_in > 0) & (mixed % np.maximum(one_in, 1).astype(np.uint64) == 0)
 

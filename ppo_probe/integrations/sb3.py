@@ -26,6 +26,7 @@ fresh ``out`` per ``learn``, or none (a new timestamped directory each time).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from pathlib import Path
 from types import TracebackType
@@ -51,21 +52,26 @@ def _closing_on_error(original: Any, close: Any) -> Any:
     return guarded
 
 
+# Watch's keyword-only arguments but the run directory, which the callback takes itself
+_WATCH_KEYWORDS = frozenset(
+    name for name, p in inspect.signature(Watch).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "out"
+)
+
+
 class ProbeCallback(BaseCallback):
     """Watch an SB3 on-policy algorithm (PPO, A2C, sb3-contrib MaskablePPO, ...) during ``learn``.
 
     Args:
         out: run directory (default: a timestamped directory, as for ``ppo_probe.watch``).
         verbose: SB3's callback verbosity; 1 prints the run directory when training ends.
-        **watch_kwargs: any other keyword of :func:`ppo_probe.watch` (``every``,
-            ``first_cycles``, ``keep_logits_max_k``, ``logits_one_in``, ``flush_rows``, ``overwrite``, ``strict``).
+        **watch_kwargs: any other keyword-only argument of :class:`ppo_probe.Watch` (``every``,
+            ``first_cycles``, ``keep_logits_max_k``, ``logits_one_in``, ``flush_rows``, ...).
     """
 
     def __init__(self, out: str | os.PathLike[str] | None = None, verbose: int = 0, **watch_kwargs: Any) -> None:
         super().__init__(verbose)
-        unknown = set(watch_kwargs) - {
-            "every", "first_cycles", "keep_logits_max_k", "logits_one_in", "flush_rows", "overwrite", "strict"
-        }
+        unknown = set(watch_kwargs) - _WATCH_KEYWORDS
         if unknown:
             raise TypeError(f"ProbeCallback got unexpected keyword arguments {sorted(unknown)}")
         self._out = out
