@@ -27,14 +27,15 @@ def load_example():
     return module
 
 
-def timed(example, timesteps: int, out: Path | None) -> float:
+def timed(example, timesteps: int, out: Path | None, **watch_kwargs: int) -> float:
+    """Seconds of the example's training, plain (``out`` None) or watched with ``watch_kwargs``."""
     cfg = example.Config(seed=1, total_timesteps=timesteps)
     envs, agent, optimizer = example.build(cfg)
     start = time.perf_counter()
     if out is None:
         example.train(cfg, envs, agent, optimizer)
     else:
-        with ppo_probe.watch(agent, optimizer, out=out):
+        with ppo_probe.watch(agent, optimizer, out=out, **watch_kwargs):
             example.train(cfg, envs, agent, optimizer)
     return time.perf_counter() - start
 

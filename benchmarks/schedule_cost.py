@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from example_overhead import load_example  # noqa: E402
-
-import ppo_probe  # noqa: E402
+from example_overhead import load_example, timed  # noqa: E402
 
 NEVER = 10**9
 VARIANTS: dict[str, dict[str, int] | None] = {
@@ -41,15 +39,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
 
     def run(kwargs: dict[str, int] | None, timesteps: int) -> float:
-        cfg = example.Config(seed=1, total_timesteps=timesteps)
-        envs, agent, optimizer = example.build(cfg)
-        start = time.perf_counter()
-        if kwargs is None:
-            example.train(cfg, envs, agent, optimizer)
-        else:
-            with ppo_probe.watch(agent, optimizer, out=tmp / f"run{time.time_ns()}", **kwargs):
-                example.train(cfg, envs, agent, optimizer)
-        return time.perf_counter() - start
+        out = None if kwargs is None else tmp / f"run{time.time_ns()}"
+        return timed(example, timesteps, out, **(kwargs or {}))
 
     run(None, 4096)  # warm-up
     names = list(VARIANTS)
