@@ -302,7 +302,7 @@ class Watch:
         guarded_pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
 
         def pre(*args: Any) -> None:
-            if not session.skipping:  # a skipped cycle's steps are counted by the post hook only
+            if not (session.skipping or session.arming):  # such steps: counted by the post hook only
                 guarded_pre(*args)
 
         post = _guarded(session, "optimizer post-step hook", recorder.post)

@@ -65,7 +65,7 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     torch.manual_seed(0)
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    at_sampling, in_update, patched_at_sampling, patched_in_update = [], [], [], []
+    at_sampling, in_update, patched_at_sampling, patched_in_update, hooked = [], [], [], [], []
     original = Categorical.__dict__["log_prob"]
     with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
         for _cycle in range(6):
@@ -77,7 +77,9 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 patched_at_sampling.append(Categorical.__dict__["log_prob"] is not original)
                 old = dist.log_prob(action)
             for _step in range(3):
-                ratio = (Categorical(logits=actor(obs)).log_prob(action) - old).exp()
+                logp = Categorical(logits=actor(obs)).log_prob(action)
+                hooked.append(int(logp._backward_hooks is not None))  # recorded: a gradient hook
+                ratio = (logp - old).exp()
                 loss = -(ratio * torch.randn(64)).mean()
                 optim.zero_grad()
                 loss.backward()
@@ -91,6 +93,8 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     assert in_update[6:9] == [1, 1, 1]  # cycle 2: armed from its first step on
     assert in_update[3:6] == [0, 0, 0] and in_update[12:15] == [0, 0, 0]
     assert in_update[15:] == [1, 1, 1]  # armed for cycle 6 when the watch ends: still no trace
+    # an armed update phase records nothing (only the parameters' snapshots are kept current)
+    assert hooked == [1, 1, 1] + [0] * 6 + [1, 1, 1] + [0] * 6
     _assert_no_trace([actor], optim)
     report = ppo_probe.analyze(w.path)
     assert sorted(report.per_cycle["cycle"]) == [0, 3]

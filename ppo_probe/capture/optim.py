@@ -72,7 +72,7 @@ class StepRecorder:
     # models): one norm call before the step, one after, one stack of every norm.
     @torch.no_grad()
     def pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        session = self._session  # (the watch calls this only outside skipped cycles)
+        session = self._session  # (the watch calls this only outside skipped and armed phases)
         params, groups = _params(optimizer)
         grads = [p.grad for p in params]
         outside_present, norms = self._measure(params, [g for g in grads if g is not None])
@@ -99,7 +99,7 @@ class StepRecorder:
         pending = self._pending.pop(id(optimizer), None)
         if pending is None:
             session = self._session
-            if session.skipping and session.on_skipped_step():
+            if (session.skipping or session.arming) and session.on_skipped_step():
                 # armed for the next recorded cycle: its first step measures changes from here
                 params = _params(optimizer)[0]
                 self._take_snapshots(params, [self._snapshot(p) for p in params])
