@@ -31,7 +31,10 @@ def test_bulk_hash_equals_one_by_one_across_widths_and_dtypes():
         torch.randint(0, 9, (6, 4)),
         torch.randn(2, 11),
         torch.rand(4, 4) > 0.5,
+        torch.randn(1500, 4),  # large enough to be hashed where it lies, not joined
+        torch.randn(1024, 3),  # odd width: the int32 -> int64 path
     ]
     bulk = fingerprint_many(inputs)
     for x, h in zip(inputs, bulk):
         assert torch.equal(h, fingerprint_rows(x, x.shape[0]))
+    assert torch.equal(bulk[5][:5], fingerprint_rows(inputs[5][:5], 5))  # alone or in a batch
