@@ -7,7 +7,6 @@ import ctypes.util
 import json
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -92,7 +91,6 @@ class RunWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        _yield_to_training()
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -127,20 +125,6 @@ class RunWriter:
         self._parts[table] = index + 1
         self.rows_written[table] += data.num_rows
         self.bytes_written[table] += final.stat().st_size
-
-
-def _yield_to_training() -> None:
-    """Lower this thread's scheduling priority (Linux: nice 19 for this thread only), so that
-    encoding and compression run on what the trainer leaves idle. At normal priority it shares
-    the cores with torch's intra-op threads, whose parallel ops then wait for the slowest one:
-    on the 3x512 MLP (2 cores) the cycle during which a recorded cycle's batch was written ran
-    1.12x plain for ~10 ms of writer work."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (OSError, AttributeError):  # not permitted, or no per-thread ids
-        pass
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
