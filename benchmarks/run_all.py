@@ -1,8 +1,8 @@
 """The benchmark suite in one table: overhead vs plain and vs peers, memory, analysis, storage.
 
-Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--long-timesteps 102400]
-                                    [--hidden 512] [--batch 4096]
-                                    [--cycles 8] [--mem-cycles 200] [--pairs 1000000]
+Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--long-timesteps 500000]
+                                    [--hidden 512] [--batch 4096] [--cycles 8] [--long-cycles 100]
+                                    [--mem-cycles 200] [--pairs 1000000]
                                     [--quick] [--skip-analysis]
 
 Cases, each a ratio measured in this one process: every repeat runs plain, watched
@@ -12,9 +12,11 @@ over repeats and each ratio the median of the per-repeat ratios to that repeat's
 
 - cartpole tiny MLP: examples/cartpole_ppo.py ``train()`` (target watched / plain <= 1.05), at
   16 cycles (the default schedule records 8 of them) with the watch recording every cycle
-  (``every=1``) beside it, and at 200 cycles (17 recorded) against plain and the manual peer;
+  (``every=1``) beside it, and at CleanRL's default length for CartPole, 500,000 steps = 976
+  cycles (56 recorded), against plain and the manual peer;
 - 3x512 MLP: benchmarks/device_ppo.py's trainer on the CPU (target <= 1.02), 8 cycles (all of
-  them recorded by the default schedule);
+  them recorded by the default schedule), and 100 cycles (12 recorded) against plain and the
+  manual peer;
 - memory: RSS growth of a watched device_ppo run (every=1: every cycle recorded) (small MLP) from the end of cycle 10 to the end
   of cycle 200 (target < 50 MB), in a fresh process; a plain run's growth is printed beside it;
 - analysis: ``ppo_probe.analyze`` of a run of --pairs paired update rows built by
@@ -224,12 +226,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=8192, help="cartpole timesteps per run")
-    parser.add_argument("--long-timesteps", type=int, default=102_400,
-                        help="timesteps of the long cartpole case (200 cycles; CleanRL's default "
-                             "run is 500,000 = 976 cycles)")
+    parser.add_argument("--long-timesteps", type=int, default=500_000,
+                        help="timesteps of the long cartpole case (CleanRL's default for CartPole: "
+                             "976 cycles)")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--cycles", type=int, default=8, help="cycles per run of the 3xN MLP case")
+    parser.add_argument("--long-cycles", type=int, default=100, help="cycles of the long 3xN MLP case")
     parser.add_argument("--mem-cycles", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="shrink everything (a smoke run)")
@@ -243,7 +246,7 @@ def main() -> None:
         return
     if args.quick:
         args.repeats, args.timesteps, args.cycles = min(args.repeats, 2), 1024, 1
-        args.long_timesteps = 512 * 24
+        args.long_timesteps, args.long_cycles = 512 * 24, 24
         args.hidden, args.batch, args.mem_cycles, args.pairs = 128, 1024, 30, 50_000
     began = time.perf_counter()
     header = machine()
@@ -269,10 +272,14 @@ def main() -> None:
                           ("plain", "watched", "manual"))
         log(f"{mlp_name}, {args.cycles} cycles, {args.repeats} repeats")
         big = bench_case("mlp", mlp_runner(mlp), args.cycles, 1, args.repeats, t)
+        log(f"{mlp_name}, long: {args.long_cycles} cycles, {args.repeats} repeats")
+        big_long = bench_case("mlp-long", mlp_runner(mlp), args.long_cycles, 1, args.repeats, t,
+                              ("plain", "watched", "manual"))
         cases = (
             (f"cartpole tiny MLP, {cycles} cycles", cart, 1.05),
             (f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", long, 1.05),
             (f"{mlp_name}, {args.cycles} cycles", big, 1.02),
+            (f"{mlp_name}, {args.long_cycles} cycles", big_long, 1.02),
         )
         for name, res, target in cases:
             tm, r = res["time"], res["ratio"]
@@ -292,7 +299,8 @@ def main() -> None:
         notes.append(
             "the watch's default schedule records cycles 0-7, then every 20th (20, 40, ...): "
             f"{_recorded(cycles)} of {cycles}, {_recorded(args.long_timesteps // 512)} of "
-            f"{args.long_timesteps // 512} and {_recorded(args.cycles)} of {args.cycles} cycles above"
+            f"{args.long_timesteps // 512}, {_recorded(args.cycles)} of {args.cycles} and "
+            f"{_recorded(args.long_cycles)} of {args.long_cycles} cycles above"
         )
         log(f"memory: 10 -> {args.mem_cycles} cycles, plain then watched, each in a fresh process")
         plain_growth, plain_s = memory_child("plain", args.mem_cycles, t / "mem-plain")
