@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Thresholds, build_thresholds, find_pyproject, read_table
+from .config import build_thresholds, find_pyproject, read_table
 from .diagnostics import IDS, Context, run_checks
 from .metrics import per_cycle, per_step
 from .pairing import joint_rows
