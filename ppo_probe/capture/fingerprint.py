@@ -65,7 +65,7 @@ def fingerprint_many(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     for i, x in enumerate(inputs):
         kind = x.is_floating_point() or x.is_complex()
         groups.setdefault((x.shape[1], kind, x.device), []).append(i)
-    for key, indices in groups.items():
+    for indices in groups.values():
         large = [i for i in indices if inputs[i].shape[0] >= _ALONE_ROWS]
         for i in large:  # hashed where they lie: joining them would copy them once more
             out[i] = fingerprint_rows(inputs[i], inputs[i].shape[0])
