@@ -3,7 +3,7 @@
 Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--long-timesteps 500000]
                                     [--hidden 512] [--batch 4096] [--cycles 8] [--long-cycles 100]
                                     [--mem-cycles 200] [--pairs 1000000]
-                                    [--quick] [--skip-analysis]
+                                    [--quick] [--skip-analysis] [--cases CASE ...]
 
 Cases, each a ratio measured in this one process: every repeat runs plain, watched
 (``ppo_probe.watch(actor, optim, out=tmp)``, its exit and final flush included) and the two peers of
@@ -54,6 +54,7 @@ import ppo_probe
 from ppo_probe.capture.session import Settings
 
 VARIANTS = ("plain", "watched", "manual", "histogram")
+CASES = ("cartpole", "cartpole-long", "mlp", "mlp-long", "memory", "analysis")
 ALL_CYCLES = "watched every=1"  # the watch recording every cycle, not its default schedule
 Runner = Callable[[str, Path, int], float]  # (variant, out dir, size) -> seconds
 
@@ -237,6 +238,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="shrink everything (a smoke run)")
     parser.add_argument("--skip-analysis", action="store_true")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
+                        help=f"run only these ({', '.join(CASES)}; default all)")
     parser.add_argument("--rss-child", choices=("plain", "watched"), help=argparse.SUPPRESS)
     parser.add_argument("--rss-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,25 +265,26 @@ def main() -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        log(f"cartpole tiny MLP, {args.timesteps} timesteps, {args.repeats} repeats")
-        runner = cartpole_runner()
-        cart = bench_case("cartpole", runner, args.timesteps, 1024, args.repeats, t,
-                          (*VARIANTS, ALL_CYCLES))
         cycles = args.timesteps // 512
-        log(f"cartpole tiny MLP, long: {args.long_timesteps} timesteps, {args.repeats} repeats")
-        long = bench_case("cartpole-long", runner, args.long_timesteps, 1024, args.repeats, t,
-                          ("plain", "watched", "manual"))
-        log(f"{mlp_name}, {args.cycles} cycles, {args.repeats} repeats")
-        big = bench_case("mlp", mlp_runner(mlp), args.cycles, 1, args.repeats, t)
-        log(f"{mlp_name}, long: {args.long_cycles} cycles, {args.repeats} repeats")
-        big_long = bench_case("mlp-long", mlp_runner(mlp), args.long_cycles, 1, args.repeats, t,
-                              ("plain", "watched", "manual"))
-        cases = (
-            (f"cartpole tiny MLP, {cycles} cycles", cart, 1.05),
-            (f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", long, 1.05),
-            (f"{mlp_name}, {args.cycles} cycles", big, 1.02),
-            (f"{mlp_name}, {args.long_cycles} cycles", big_long, 1.02),
+        runner = cartpole_runner() if {"cartpole", "cartpole-long"} & set(args.cases) else None
+        overhead = (  # (case, log line, row name, runner, size, warm-up size, variants, target)
+            ("cartpole", f"cartpole tiny MLP, {args.timesteps} timesteps",
+             f"cartpole tiny MLP, {cycles} cycles", runner, args.timesteps, 1024,
+             (*VARIANTS, ALL_CYCLES), 1.05),
+            ("cartpole-long", f"cartpole tiny MLP, long: {args.long_timesteps} timesteps",
+             f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", runner,
+             args.long_timesteps, 1024, ("plain", "watched", "manual"), 1.05),
+            ("mlp", f"{mlp_name}, {args.cycles} cycles", f"{mlp_name}, {args.cycles} cycles",
+             mlp_runner(mlp), args.cycles, 1, VARIANTS, 1.02),
+            ("mlp-long", f"{mlp_name}, long: {args.long_cycles} cycles",
+             f"{mlp_name}, {args.long_cycles} cycles", mlp_runner(mlp), args.long_cycles, 1,
+             ("plain", "watched", "manual"), 1.02),
         )
+        cases = []
+        for case, line, name, run, size, warm, variants, target in overhead:
+            if case in args.cases:
+                log(f"{line}, {args.repeats} repeats")
+                cases.append((name, bench_case(case, run, size, warm, args.repeats, t, variants), target))
         for name, res, target in cases:
             tm, r = res["time"], res["ratio"]
             cells = [name, f"{tm['plain']:.3f}", f"{tm['watched']:.3f}"]
@@ -302,14 +306,15 @@ def main() -> None:
             f"{args.long_timesteps // 512}, {_recorded(args.cycles)} of {args.cycles} and "
             f"{_recorded(args.long_cycles)} of {args.long_cycles} cycles above"
         )
-        log(f"memory: 10 -> {args.mem_cycles} cycles, plain then watched, each in a fresh process")
-        plain_growth, plain_s = memory_child("plain", args.mem_cycles, t / "mem-plain")
-        growth, watched_s = memory_child("watched", args.mem_cycles, t / "mem-watched")
-        name = f"memory: 2x64 MLP, batch 512, 10 -> {args.mem_cycles} cycles, every=1"
-        rows.append(dict(zip(cols, [name, f"{plain_s:.3f}", f"{watched_s:.3f}"])))
-        rows[-1][mem_col] = mark(growth, 50, ".1f", "<", note=f"; plain run {plain_growth:+.1f}")
-        rows[-1][cols[-1]] = mark(bytes_per_row(t / "mem-watched"), 24, ".1f")
-        if args.skip_analysis:
+        if "memory" in args.cases:
+            log(f"memory: 10 -> {args.mem_cycles} cycles, plain then watched, each in a fresh process")
+            plain_growth, plain_s = memory_child("plain", args.mem_cycles, t / "mem-plain")
+            growth, watched_s = memory_child("watched", args.mem_cycles, t / "mem-watched")
+            name = f"memory: 2x64 MLP, batch 512, 10 -> {args.mem_cycles} cycles, every=1"
+            rows.append(dict(zip(cols, [name, f"{plain_s:.3f}", f"{watched_s:.3f}"])))
+            rows[-1][mem_col] = mark(growth, 50, ".1f", "<", note=f"; plain run {plain_growth:+.1f}")
+            rows[-1][cols[-1]] = mark(bytes_per_row(t / "mem-watched"), 24, ".1f")
+        if args.skip_analysis or "analysis" not in args.cases:
             rows.append({"case": "analysis", cols[-2]: "skipped"})
         else:
             log(f"analysis: building a run of {args.pairs:,} pairs")
