@@ -8,9 +8,6 @@ import torch
 # Weights come from a private NumPy generator so that fingerprinting never draws from torch's RNG.
 _SEED = 0x5EED_C0DE
 _weights: dict[tuple[int, torch.device], torch.Tensor] = {}
-# Inputs of at least this many rows are hashed one by one in fingerprint_many; smaller ones are
-# joined first (one op for thousands of CartPole steps instead of one each).
-_ALONE_ROWS = 1024
 
 
 def _weights_for(width: int, device: torch.device) -> torch.Tensor:
@@ -36,13 +33,7 @@ def fingerprint_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     """
     flat = x.detach().reshape(rows, -1)
     if flat.is_floating_point() or flat.is_complex():
-        folded = flat.real.to(torch.float32) + 0.0  # a new contiguous tensor
-        if folded.shape[1] % 2 == 0:
-            # two float32 bit patterns per int64 (a view, no copy): half the product, and no
-            # [rows, width] int64 buffer (3x512 MLP flush: 3.7 -> 0.8 ms a cycle)
-            bits = folded.view(torch.int64)
-        else:
-            bits = folded.view(torch.int32).to(torch.int64)
+        bits = (flat.real.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
     else:
         bits = flat.to(torch.int64)
     weights = _weights_for(bits.shape[1], bits.device)
@@ -66,12 +57,6 @@ def fingerprint_many(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         kind = x.is_floating_point() or x.is_complex()
         groups.setdefault((x.shape[1], kind, x.device), []).append(i)
     for indices in groups.values():
-        large = [i for i in indices if inputs[i].shape[0] >= _ALONE_ROWS]
-        for i in large:  # hashed where they lie: joining them would copy them once more
-            out[i] = fingerprint_rows(inputs[i], inputs[i].shape[0])
-        indices = [i for i in indices if inputs[i].shape[0] < _ALONE_ROWS]
-        if not indices:
-            continue
         parts = [inputs[i] if inputs[i].dtype != torch.bool else inputs[i].to(torch.int64) for i in indices]
         if len({p.dtype for p in parts}) > 1:
             parts = [p.to(torch.float32) if p.is_floating_point() else p.to(torch.int64) for p in parts]

@@ -135,22 +135,18 @@ def _float(value: Any) -> float:
 def _row_stats(logits: torch.Tensor) -> torch.Tensor:
     """Per-row [masked count, spread of unmasked logits, entropy, entropy / log K_eff, 1 if the
     row holds a NaN or +Inf logit else 0], in float32 (the logits' own precision at most; the
-    means over rows are taken in float64). Two [rows, K] float temporaries, worked in place:
-    each new buffer of a flush is fresh memory, page faults included."""
+    means over rows are taken in float64)."""
+    # NaN or +Inf in normalized logits (-Inf is a mask); the means below skip such rows, so they
+    # are counted apart: otherwise a NaN observation that the trainer does not validate vanishes
+    nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1).to(torch.float32)
     masked = logits <= MASKED_LOGIT
     n_masked = masked.sum(-1).to(torch.float32)
     k_eff = logits.shape[-1] - n_masked
-    values = logits.to(torch.float32)
-    finite = values.masked_fill(masked, 0.0)
-    # exp of a masked logit (<= -1e7) is exactly 0 in float32: no mask needed on the probabilities
-    weighted = values.exp()
-    entropy = -weighted.mul_(finite).sum(-1)
-    # NaN or +Inf in normalized logits (-Inf is a mask); the means below skip such rows, so they
-    # are counted apart: otherwise a NaN observation that the trainer does not validate vanishes.
-    # Masked entries are zeroed, so the entropy is non-finite exactly on such rows.
-    nonfinite = (~torch.isfinite(entropy)).to(torch.float32)
+    finite = logits.to(torch.float32).masked_fill(masked, 0.0)
+    probs = finite.exp().masked_fill(masked, 0.0)
+    entropy = -(probs * finite).sum(-1)
     mean = finite.sum(-1) / k_eff.clamp(min=1)
-    sq = finite.sub_(mean.unsqueeze(-1)).masked_fill_(masked, 0.0).pow_(2).sum(-1)
+    sq = (finite - mean.unsqueeze(-1)).pow(2).masked_fill(masked, 0.0).sum(-1)
     spread = (sq / (k_eff - 1).clamp(min=1)).sqrt()
     log_k = torch.log(k_eff)
     entropy_norm = torch.where(k_eff > 1, entropy / log_k, torch.full_like(entropy, float("nan")))
