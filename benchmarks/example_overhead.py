@@ -1,6 +1,6 @@
 """Watched / plain wall time of examples/cartpole_ppo.py, alternated in one process (issue 2).
 
-Usage: python benchmarks/example_overhead.py [--repeats 5] [--timesteps 8192]
+Usage: python benchmarks/example_overhead.py [--repeats 5] [--timesteps 8192] [--every N] [--first-cycles N]
 Prints each pair of timings, the median ratio, and the bytes per sample row written.
 """
 
@@ -44,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=8192)
+    parser.add_argument("--every", type=int, default=None, help="the watch's every= (default: its own)")
+    parser.add_argument("--first-cycles", type=int, default=None, help="the watch's first_cycles=")
     args = parser.parse_args()
+    schedule = {k: v for k, v in (("every", args.every), ("first_cycles", args.first_cycles)) if v is not None}
     example = load_example()
     timed(example, 1024, None)  # warm-up: imports, allocator, env registration
     ratios = []
@@ -52,7 +55,7 @@ def main() -> None:
         for i in range(args.repeats):
             plain = timed(example, args.timesteps, None)
             out = Path(tmp) / f"run{i}"
-            watched = timed(example, args.timesteps, out)
+            watched = timed(example, args.timesteps, out, **schedule)
             ratios.append(watched / plain)
             print(f"run {i}: plain {plain:.3f}s  watched {watched:.3f}s  ratio {watched / plain:.3f}")
         meta = ppo_probe.load(out).meta

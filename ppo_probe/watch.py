@@ -131,7 +131,7 @@ class Watch:
             cycle costs the trainer almost nothing (the forward hooks are detached, the
             Categorical patch is off until the cycle's first optimizer step, the optimizer hooks
             only count steps): a skipped CartPole cycle runs within noise of plain
-            (benchmarks/cycle_costs.py), where a recorded cycle costs ~26% on that tiny MLP;
+            (benchmarks/cycle_costs.py), where a recorded cycle costs ~23-26% on that tiny MLP;
             CartPole at CleanRL's length (976 cycles) costs ~1.01x plain under this schedule. A
             Categorical that fails to build (NaN logits) is noted in any cycle (in a skipped
             sampling phase from the traceback of the exception that ends the watch).
