@@ -290,7 +290,8 @@ def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
 
 def _logits_column(calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray) -> pa.Array:
     """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
-    null elsewhere. One gather per K on the logits' device, one host copy."""
+    null elsewhere. One gather from the joined block when every call has the same K (and device),
+    else one per call; one host copy."""
     k_row = np.repeat([c.dist.n_categories for c in calls], counts)
     offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
     kept = [c.dist.logits_one_in > 0 for c in calls]
