@@ -2,6 +2,7 @@
 
 ``report RUN [--html FILE]``   the terminal summary (and a self-contained HTML report)
 ``check RUN``                  exit 0 healthy, 1 findings at or above ``--fail-on``, 2 unreadable input
+                               or nothing to check (no update-phase log-prob row recorded)
 ``run SCRIPT|-m MODULE ...``   run an unchanged training script under an automatic watch, then check it
 
 Settings come from ``[tool.ppo_probe]`` of the nearest pyproject.toml (target_kl, bands, fail_on,
@@ -169,7 +170,9 @@ def print_report(report: Report) -> None:
     run = report.run
     verdict = Text()
     verdict.append(f"{run.path}\n", style="bold")
-    verdict.append(f"paired {report.paired_fraction:.1%} of {len(run.pairs)} update rows; "
+    empty = report.nothing_to_check
+    paired = f"paired {report.paired_fraction:.1%} of {len(run.pairs)} update rows" if len(run.pairs) else "no update rows"
+    verdict.append(f"{paired}; "
                    f"{len(report.per_cycle)} cycles, {len(report.per_step)} optimizer steps"
                    + (f" over {len(report.per_rank)} ranks" if len(report.per_rank) > 1 else "") + "; "
                    f"target KL {report.settings['target_kl']}, clip eps {report.settings['clip_coef']:g} "
@@ -178,8 +181,10 @@ def print_report(report: Report) -> None:
     if schedule:
         verdict.append(schedule + "\n")
     counts = report.diagnostics["severity"].value_counts()
+    if empty:
+        verdict.append(f"nothing to check: {empty}\n", style="bold yellow")
     if report.diagnostics.empty:
-        verdict.append("no findings", style="bold green")
+        verdict.append("no findings", style="bold" if empty else "bold green")
     else:
         verdict.append(", ".join(f"{counts[s]} {s}{'s' if counts[s] > 1 else ''}"
                                  for s in SEVERITIES if s in counts), style="bold")
@@ -233,9 +238,14 @@ def _cell(value: Any) -> str:
 # ------------------------------------------------------------------------------------ check
 
 
-def _emit_check(report: Report, fail_on: str, fmt: str, extra: dict[str, Any] | None = None) -> int:
+def _emit_check(
+    report: Report, fail_on: str, fmt: str, extra: dict[str, Any] | None = None, crashed: bool = False
+) -> int:
+    """Print the check's verdict; its exit code: 1 for findings at or above ``fail_on`` or a
+    crashed script (``run``), else 2 when the run holds nothing to check, else 0."""
     failing = _failing(report, fail_on)
-    code = EXIT_FINDINGS if failing else EXIT_OK
+    empty = report.nothing_to_check
+    code = EXIT_FINDINGS if failing or crashed else (EXIT_UNREADABLE if empty else EXIT_OK)
     if fmt == "json":
         doc = {"exit_code": code, "fail_on": fail_on, "failing": failing, **(extra or {}), **report.to_dict()}
         print(json.dumps(doc, default=str))
@@ -249,9 +259,13 @@ def _emit_check(report: Report, fail_on: str, fmt: str, extra: dict[str, Any] | 
     summary = f"{report.run.path}: {len(d)} finding{'s' if len(d) != 1 else ''}"
     if failing:
         summary += f", {len(failing)} at or above {fail_on}: {', '.join(failing)}"
+    elif empty:
+        summary += f", none at or above {fail_on}, but nothing to check"
     else:
         summary += f", none at or above {fail_on}: ok"
     print(summary)
+    if empty and not failing:
+        print(f"ppo-probe: nothing to check in {report.run.path}: {empty}", file=sys.stderr)
     return code
 
 
@@ -357,9 +371,7 @@ def _run(args: argparse.Namespace) -> int:
             outcome = "the script raised (traceback above)"
     print(f"ppo-probe: {outcome}; run written to {out}", file=sys.stderr)
     report = _analyze(out, args)
-    code = _emit_check(report, fail_on, args.fmt, {"script_outcome": outcome, "script_failed": crashed})
-    if crashed:
-        code = max(code, EXIT_FINDINGS)
+    code = _emit_check(report, fail_on, args.fmt, {"script_outcome": outcome, "script_failed": crashed}, crashed)
     if temporary and code == EXIT_OK:
         shutil.rmtree(out.parent, ignore_errors=True)
     elif temporary:

@@ -181,6 +181,9 @@ class Watch:
             isinstance(logits_one_in, bool) or not isinstance(logits_one_in, int) or logits_one_in < 1
         ):
             raise ValueError(f"logits_one_in must be None or an int >= 1, got {logits_one_in!r}")
+        if out is not None and not isinstance(out, (str, os.PathLike)):
+            raise TypeError(f"watch(out=...) takes a directory path (str or os.PathLike) or None; "
+                            f"got {type(out).__name__}")
         self.path = Path(out) if out is not None else default_out()
         self._default_path = out is None
         self._rank = 0

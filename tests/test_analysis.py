@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Categorical
 
 import ppo_probe
 from ppo_probe.analysis.recommend import KLModel
@@ -67,6 +68,10 @@ def test_settings_come_from_pyproject_then_arguments(clipped_run, tmp_path):
         ("[tool.ppo_probe]\nbogus = 1\n", "unknown setting 'bogus'"),
         ('[tool.ppo_probe]\nseverities = { "unpaired-samples" = "fatal" }\n', "severities must be one of"),
         ("[tool.ppo_probe\n", "cannot read"),
+        ('[tool.ppo_probe]\ntarget_kl = "0.02"\n', "target_kl must be a finite number, got '0.02'"),
+        ("[tool.ppo_probe]\nclip_band = [0.3, 0.05]\n", "clip_band must be two numbers"),
+        ("[tool.ppo_probe]\nadv_std_band = 2\n", "adv_std_band must be two numbers"),
+        ("[tool.ppo_probe]\nignore = 3\n", "ignore must be a list of diagnostic ids"),
     ],
 )
 def test_bad_settings_are_one_clear_error(clipped_run, tmp_path, text, message):
@@ -74,10 +79,26 @@ def test_bad_settings_are_one_clear_error(clipped_run, tmp_path, text, message):
         ppo_probe.analyze(clipped_run, pyproject=_config(tmp_path, text))
 
 
+def test_bad_arguments_are_one_clear_error(clipped_run):
+    with pytest.raises(ValueError, match="clip_coef must be a finite number, got '0.2' in arguments"):
+        ppo_probe.analyze(clipped_run, clip_coef="0.2")
+    with pytest.raises(TypeError, match="a run is a directory path .* got int"):
+        ppo_probe.analyze(42)
+    with pytest.raises(TypeError, match="got float"):
+        ppo_probe.analyze(clipped_run, previous=0.5)
+
+
+def test_ignore_takes_one_id_as_a_string(clipped_run):
+    both = ppo_probe.analyze(clipped_run, target_kl=10.0)
+    assert "update-too-small" in both.ids
+    assert "update-too-small" not in ppo_probe.analyze(clipped_run, target_kl=10.0, ignore="update-too-small").ids
+
+
 def test_report_forms(clipped_run, tmp_path):
     report = ppo_probe.analyze(clipped_run, pyproject=_config(tmp_path, ""))
     payload = json.loads(json.dumps(report.to_dict()))
     assert payload["paired_fraction"] == 1.0
+    assert report.nothing_to_check is None and payload["nothing_to_check"] is None
     assert [d["id"] for d in payload["diagnostics"]] == report.ids
     assert len(payload["per_cycle"]) == len(report.per_cycle)
     text = str(report)
@@ -116,7 +137,8 @@ def test_an_empty_run_analyzes_to_nothing(tmp_path):
     report = ppo_probe.analyze(tmp_path / "empty", pyproject=_config(tmp_path, ""))
     assert report.per_step.empty and report.per_cycle.empty
     assert report.diagnostics.empty and report.ok and report.recommendation is None
-    assert "no update rows recorded" in str(report)
+    assert report.nothing_to_check.startswith("the watch saw no torch.distributions.Categorical")
+    assert f"nothing to check: {report.nothing_to_check}" in str(report)
 
 
 @pytest.mark.parametrize("kl0", [1e-5, 0.004, 0.005, 0.02, 0.3])
@@ -174,3 +196,25 @@ def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
     assert "clamped from" in rec["rationale"]
     alone = recommend(per_cycle, per_step, steps, {}, Thresholds(), 0.2)
     assert alone["lr_multiplier"] == pytest.approx((0.02 / 0.0066) ** (1 / 0.7))  # no cap on one run
+
+
+def test_update_rows_without_sampling_log_probs_say_so(tmp_path):
+    """A trainer that samples actions but never calls log_prob at sampling gives the update rows
+    nothing to pair with; unpaired-samples says that, not "the inputs differ"."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
+        for _ in range(3):
+            obs = torch.randn(64, 4)
+            with torch.no_grad():
+                action = Categorical(logits=net(obs)).sample()  # no old log-prob stored
+            for _ in range(2):
+                loss = -Categorical(logits=net(obs)).log_prob(action).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    report = ppo_probe.analyze(w.path)
+    found = report.diagnostics.set_index("id").loc["unpaired-samples"]
+    assert "the 3 cycles they fall in hold no sampling-phase log-prob row" in found["evidence"]
+    assert "dist.log_prob(action) under torch.no_grad()" in found["fix"]

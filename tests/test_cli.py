@@ -165,6 +165,9 @@ def test_a_crashing_script_exits_1_with_its_traceback(tmp_path):
     result = _cli("run", "--out", str(tmp_path / "run"), str(script))
     assert result.returncode == 1
     assert "RuntimeError: the trainer broke" in result.stderr  # the user's own traceback
+    as_json = _cli("run", "--out", str(tmp_path / "run2"), "--format", "json", str(script))
+    payload = json.loads(as_json.stdout)
+    assert as_json.returncode == payload["exit_code"] == 1 and payload["script_failed"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -215,3 +218,56 @@ def test_progress_shows_on_a_terminal_only(tmp_path):
     assert "optimizer step 10" not in piped.stderr
     assert piped.stderr.strip().splitlines() == [f"ppo-probe: stopped after 30 optimizer steps (--max-steps); "
                                                  f"run written to {tmp_path / 'run2'}"]
+
+
+_NO_CATEGORICAL_UPDATE = """
+import torch
+from torch.distributions import Categorical, Normal
+torch.manual_seed(0)
+net = torch.nn.Linear(4, 2)
+optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+for cycle in range(3):
+    obs = torch.randn(64, 4)
+    with torch.no_grad():
+        {sampling}
+    for epoch in range(2):
+        {update}
+        ratio = torch.exp(new_logp - old_logp)
+        loss = -(ratio * torch.randn(64)).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+"""
+_POLICIES = {  # (sampling, update, what the reason says)
+    "gaussian": ("dist = Normal(net(obs), 1.0); action = dist.sample(); old_logp = dist.log_prob(action).sum(-1)",
+                 "new_logp = Normal(net(obs), 1.0).log_prob(action).sum(-1)",
+                 "6 optimizer steps but no torch.distributions.Categorical"),
+    "hand-written update": ("dist = Categorical(logits=net(obs)); action = dist.sample(); old_logp = dist.log_prob(action)",
+                            "new_logp = torch.log_softmax(net(obs), -1).gather(1, action[:, None]).squeeze(1)",
+                            "all built with grad disabled"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", list(_POLICIES))
+def test_run_with_nothing_to_check_exits_2_and_says_why(tmp_path, policy):
+    """A script the probe cannot see the policy path of passes no gate: exit 2, with the reason."""
+    sampling, update, reason = _POLICIES[policy]
+    script = tmp_path / "train.py"
+    script.write_text(_NO_CATEGORICAL_UPDATE.format(sampling=sampling, update=update))
+    result = _cli("run", str(script))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nothing to check" in result.stdout and reason in result.stderr
+    kept = result.stderr.split("kept ")[1].split(" for inspection")[0]
+    assert reason in ppo_probe.analyze(kept).nothing_to_check
+    shutil.rmtree(Path(kept).parent)
+
+
+def test_check_of_a_watch_around_no_training_exits_2(tmp_path):
+    with ppo_probe.watch(out=tmp_path / "run") as w:
+        pass
+    result = _cli("check", str(w.path))
+    assert result.returncode == 2
+    assert "the watch saw no torch.distributions.Categorical and no optimizer step" in result.stderr
+    payload = json.loads(_cli("check", str(w.path), "--format", "json").stdout)
+    assert payload["exit_code"] == 2 and payload["nothing_to_check"].startswith("the watch saw no")
+    assert "nothing to check" in _cli("report", str(w.path)).stdout

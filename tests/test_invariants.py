@@ -176,11 +176,12 @@ def test_warnings_as_errors_still_never_reach_the_trainer(tmp_path, monkeypatch)
         ({"actor": {"a": 3}}, "got {'a': 'int'}"),
         ({"optim": [1]}, "takes a torch.optim.Optimizer"),
         ({"flush_rows": 0}, "flush_rows must be >= 1"),
+        ({"out": 123}, r"watch\(out=...\) takes a directory path .* got int"),
     ],
 )
 def test_bad_watch_arguments_are_clear_errors(tmp_path, kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
-        ppo_probe.watch(out=tmp_path / "run", **kwargs)
+        ppo_probe.watch(**{"out": tmp_path / "run", **kwargs})
     _assert_no_trace([], torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
 
 

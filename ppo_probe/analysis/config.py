@@ -4,6 +4,7 @@ then arguments, each overriding the one before."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -66,6 +67,29 @@ def read_table(pyproject: Path | None) -> dict[str, Any]:
 _KNOWN = {f.name for f in dataclasses.fields(Thresholds)}
 
 
+_NUMBERS = {"target_kl", "min_paired_fraction", "clip_coef", "adv_mean_max",
+            "misaligned_max_consistency", "small_kl_fraction", "large_kl_multiple", "zero_lr"}
+_BANDS = {"clip_band", "adv_std_band"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_type(key: str, value: Any, source: str) -> None:
+    """A clear error for a setting of the wrong type (a string "0.02", a band of one number)."""
+    if key in _NUMBERS and not _number(value):
+        raise ValueError(f"ppo_probe: {key} must be a finite number, got {value!r} in {source}")
+    if key in _BANDS and not (isinstance(value, tuple) and len(value) == 2 and all(map(_number, value))
+                              and value[0] < value[1]):
+        raise ValueError(f"ppo_probe: {key} must be two numbers [low, high] with low < high, got "
+                         f"{value!r} in {source}")
+    if key == "ignore" and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"ppo_probe: ignore must be a list of diagnostic ids, got {value!r} in {source}")
+    if key == "severities" and not isinstance(value, dict):
+        raise ValueError(f"ppo_probe: severities must be a table of id = severity, got {value!r} in {source}")
+
+
 def build_thresholds(table: dict[str, Any], overrides: dict[str, Any], known_ids: set[str]) -> Thresholds:
     """Defaults <- ``table`` (from pyproject) <- ``overrides`` (arguments that are not None)."""
     merged: dict[str, Any] = {}
@@ -78,7 +102,10 @@ def build_thresholds(table: dict[str, Any], overrides: dict[str, Any], known_ids
                 continue
             if key not in _KNOWN:
                 raise ValueError(f"ppo_probe: unknown setting {key!r} in {source}; known: {sorted(_KNOWN)}")
+            if key == "ignore" and isinstance(value, str):
+                value = [value]  # one id
             merged[key] = tuple(value) if isinstance(value, list) else value
+            _check_type(key, merged[key], source)
     thresholds = Thresholds(**merged)
     unknown = (set(thresholds.ignore) | set(thresholds.severities)) - known_ids
     if unknown:

@@ -42,6 +42,8 @@ class Context:
     thresholds: Thresholds
     clip_coef: float
     errors_so_far: list[str] = field(default_factory=list)
+    # (rank, cycle) of every sampling-phase log-prob row's cycle
+    sampled_cycles: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def paired(self) -> pd.DataFrame:
@@ -315,10 +317,23 @@ def check_unpaired_samples(ctx: Context):
         evidence += "; by rank: " + ", ".join(
             f"rank {r} {m:.1%} of {int(n)}" for r, (m, n) in by_rank[["mean", "size"]].iterrows()
         ) + (f" (below {threshold:.0%}: rank {', '.join(str(r) for r in low.index)})" if len(low) else "")
-    fix = (
-        "Feed the update the exact observations stored at sampling (no re-normalization, "
-        "re-encoding or augmentation in between), with the actions that were sampled."
-    )
+    keys = zip(unpaired["rank"].fillna(0).astype(int), unpaired["cycle"].astype(int))
+    unsampled = sum(key not in ctx.sampled_cycles for key in keys)
+    if unsampled == len(unpaired):  # no cycle of theirs holds a sampling row: nothing to pair with
+        n_cycles = int(unpaired["cycle"].nunique())
+        where = "the cycle they fall in holds" if n_cycles == 1 else f"the {n_cycles} cycles they fall in hold"
+        evidence += (f"; {where} no sampling-phase log-prob row (Categorical.log_prob under "
+                     "no_grad) to pair with")
+        fix = (
+            "Store the old log-probs at sampling from the Categorical you sampled from "
+            "(dist.log_prob(action) under torch.no_grad()), as PPO's ratio needs; update rows are "
+            "paired with those rows."
+        )
+    else:
+        fix = (
+            "Feed the update the exact observations stored at sampling (no re-normalization, "
+            "re-encoding or augmentation in between), with the actions that were sampled."
+        )
     return evidence, fix, _first_step(unpaired["step"]), _cycles(unpaired["cycle"])
 
 

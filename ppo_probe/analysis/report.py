@@ -49,8 +49,17 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when no diagnostic of severity 'error' was raised."""
+        """True when no diagnostic of severity 'error' was raised. A run that gave the checks
+        nothing to judge is ok too: see :attr:`nothing_to_check` (``ppo-probe check`` exits 2 on
+        one)."""
         return not (self.diagnostics["severity"] == "error").any()
+
+    @property
+    def nothing_to_check(self) -> str | None:
+        """Why the run holds no update-phase log-prob row, the facts most checks stand on (a
+        watch around no training, a policy without a Categorical, a schedule that recorded no
+        cycle); None when it holds some."""
+        return nothing_to_check(self.run)
 
     @property
     def ids(self) -> list[str]:
@@ -74,7 +83,7 @@ class Report:
                          f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
                          f"({self.paired_fraction:.1%})")
         else:
-            lines.append("  no update rows recorded")
+            lines.append(f"  nothing to check: {self.nothing_to_check}")
         schedule = schedule_text(self.run.meta)
         if schedule:
             lines.append(f"  {schedule}")
@@ -114,6 +123,7 @@ class Report:
         payload = {
             "path": str(self.run.path),
             "ok": self.ok,
+            "nothing_to_check": self.nothing_to_check,
             "paired_fraction": self.paired_fraction,
             "per_cycle": records(self.per_cycle),
             "per_rank": records(self.per_rank),
@@ -147,6 +157,34 @@ def schedule_text(meta: dict[str, Any]) -> str | None:
     first, every = settings.get("first_cycles"), settings.get("every")
     return (f"recorded {recorded} of {total} cycles (watch schedule: the first {first}, then every "
             f"{_ordinal(every)}; every=1 records all)")
+
+
+def nothing_to_check(run: Run) -> str | None:
+    """See :attr:`Report.nothing_to_check`: the likeliest reason, read from what was recorded."""
+    samples = run.samples
+    if (samples["phase"] == "update").any():
+        return None
+    meta, dists, steps = run.meta, run.dists, run.steps
+    total, recorded = meta.get("cycles"), meta.get("recorded_cycles")
+    settings = meta.get("settings") or {}
+    grad_dists = int(dists["grad_enabled"].fillna(False).astype(bool).sum()) if len(dists) else 0
+    if isinstance(total, int) and total > 0 and recorded == 0:
+        return (f"the watch's schedule (first_cycles={settings.get('first_cycles')}, every="
+                f"{settings.get('every')}) recorded none of the run's {total} cycles; pass "
+                "first_cycles >= 1 or a smaller every")
+    if dists.empty and steps.empty:
+        return ("the watch saw no torch.distributions.Categorical and no optimizer step: training "
+                "ran outside the with-block (or in another process), or did not run")
+    if dists.empty:
+        return (f"{len(steps)} optimizer steps but no torch.distributions.Categorical: ppo_probe "
+                "checks policies that build a Categorical (or a subclass) when sampling and when "
+                "updating")
+    if grad_dists == 0:
+        return (f"{len(dists)} Categoricals, all built with grad disabled and {len(steps)} optimizer "
+                "steps: the update does not build a Categorical (log-probs computed by hand, "
+                "e.g. log_softmax and gather, are not seen), or no update ran")
+    return (f"{grad_dists} Categoricals built with grad enabled, but log_prob() was never called "
+            "on them: the update's log-probs come from elsewhere")
 
 
 def _ordinal(n: Any) -> str:
@@ -280,7 +318,10 @@ def analyze(
         eps, eps_source = (inferred, "inferred") if inferred else (DEFAULT_CLIP_COEF, "default")
     steps_table = per_step(joint, run.dists, run.steps, eps)
     cycles = per_cycle(steps_table, joint)
-    ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps)
+    sampling = run.samples[run.samples["phase"] == "sampling"]
+    sampled = frozenset(zip(sampling["rank"].fillna(0).astype(int), sampling["cycle"].astype(int)))
+    ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps,
+                  sampled_cycles=sampled)
     findings = run_checks(ctx)
     diagnostics = pd.DataFrame(
         [{**f.__dict__, "cycles": list(f.cycles)} for f in findings], columns=DIAGNOSTIC_COLUMNS

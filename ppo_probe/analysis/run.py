@@ -41,6 +41,9 @@ class Run:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"ppo_probe: a run is a directory path (str or os.PathLike) or a loaded "
+                            f"Run; got {type(path).__name__}")
         self.path = Path(path)
         self.meta: dict[str, Any] = read_meta(self.path)
         # Read every table now so that a corrupt part file fails at load(), not later.
