@@ -347,6 +347,7 @@ def _run(args: argparse.Namespace) -> int:
     if module is not None:
         context = _script_context(module, script_args, os.getcwd(), env)
     else:
+        assert script is not None  # exactly one of module and script (checked above)
         context = _script_context(str(script), script_args, str(script.resolve().parent), env)
     outcome = "completed"
     crashed = False

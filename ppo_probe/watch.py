@@ -367,6 +367,7 @@ class Watch:
     # ---------------------------------------------------------------- meta.json
 
     def _start_meta(self, rank: int, world: int) -> dict[str, Any]:
+        actors: dict[str, str | None] = {k: type(m).__name__ for k, m in self.actors.items()} or {"auto": None}
         meta = base_meta(
             {
                 "first_cycles": self.settings.first_cycles,
@@ -387,7 +388,7 @@ class Watch:
                 "python_version": platform.python_version(),
                 "rank": rank,
                 "world_size": world,
-                "actors": {k: type(m).__name__ for k, m in self.actors.items()} or {"auto": None},
+                "actors": actors,
                 "argv": list(sys.argv),
             }
         )

@@ -144,7 +144,7 @@ def recommend(
     knee = clip_knee(clip_coef)
     p, fitted_on = fit_exponent(per_cycle)
     p_two = two_run_exponent(lr_now, kl, previous)
-    if np.isfinite(p_two):
+    if previous is not None and np.isfinite(p_two):
         p, fitted_on = p_two, 0
         kl_model = KLModel(1.0, kl, knee, p, p)
         model = (f"KL ~ lr^{p:.2f}, read from this run and the previous one (lr {previous[0]:.3g}: "

@@ -109,7 +109,7 @@ class EntryTracker:
             try:
                 if self.depth == 0:
                     self._enter("auto", self._root_label(mod), first_tensor(args), args)
-                elif self._tensorless:
+                elif self._tensorless and self._outer is not None:
                     self._enter("auto", self._root_label(self._outer), first_tensor(args), args)
                 if self.depth == 0:
                     self._outer = mod

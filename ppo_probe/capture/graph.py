@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -11,7 +13,7 @@ def graph_leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
         return [tensor] if tensor.requires_grad else []
     leaves: dict[int, torch.Tensor] = {}
     seen: set[object] = set()
-    stack = [tensor.grad_fn]
+    stack: list[Any] = [tensor.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -34,7 +34,8 @@ class StepRecorder:
     def __init__(self, session: Session) -> None:
         self._session = session
         self._snapshots: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
-        self._pending: dict[int, tuple[StepRecord, list[torch.Tensor]]] = {}
+        # optimizer -> (its record, its params, the norms measured before the step)
+        self._pending: dict[int, tuple[StepRecord, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._indices: dict[int, int] = {}
         self.optimizers: list[weakref.ref] = []
 
@@ -60,7 +61,7 @@ class StepRecorder:
         snaps = [self._snapshot(p) for p in params]
         present = [s is not None for s in snaps]
         known = [i for i, ok in enumerate(present) if ok]
-        diffs = [snaps[i] for i in known]
+        diffs = [cast(torch.Tensor, snaps[i]) for i in known]
         if diffs:
             torch._foreach_sub_(diffs, [params[i] for i in known])
         measured = first + diffs
@@ -113,7 +114,7 @@ class StepRecorder:
     def _take_snapshots(self, params: list[torch.Tensor], snaps: list[torch.Tensor | None]) -> None:
         have = [i for i, s in enumerate(snaps) if s is not None]
         if have:
-            torch._foreach_copy_([snaps[i] for i in have], [params[i] for i in have])
+            torch._foreach_copy_([cast(torch.Tensor, snaps[i]) for i in have], [params[i] for i in have])
         for i, s in enumerate(snaps):
             if s is None:
                 p = params[i]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -123,7 +123,7 @@ def _scalars(values: list[torch.Tensor | None]) -> tuple[np.ndarray, np.ndarray]
     missing = np.array([v is None for v in values], dtype=bool)
     present = np.flatnonzero(~missing)
     if len(present):
-        out[present] = _host([values[i].reshape(1) for i in present], torch.float64)
+        out[present] = _host([v.reshape(1) for v in values if v is not None], torch.float64)
     return out, missing
 
 
@@ -177,7 +177,7 @@ def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
     return out
 
 
-def _mean_grad(grads: list[torch.Tensor]) -> torch.Tensor | None:
+def _mean_grad(grads: list[torch.Tensor] | None) -> torch.Tensor | None:
     if not grads:
         return None
     return torch.stack([g.to(torch.float64).mean() for g in grads]).sum()
@@ -213,7 +213,7 @@ def ensure_fingerprints(dists: list[DistRecord]) -> None:
     todo = list({id(d): d for d in dists if d.fingerprint is None and d.fp_input is not None}.values())
     if not todo:
         return
-    for d, h in zip(todo, fingerprint_many([d.fp_input for d in todo])):
+    for d, h in zip(todo, fingerprint_many([cast(torch.Tensor, d.fp_input) for d in todo])):
         d.fingerprint, d.fp_input = h, None
 
 
@@ -244,13 +244,13 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
     fingerprint = np.zeros(int(counts.sum()), dtype=np.int64)
     has_fp = per_call([c.dist.fingerprint is not None and not bad for c, bad in zip(calls, changed)])
     if fp_calls:
-        fingerprint[has_fp] = _host([_rows_of(c, c.dist.fingerprint) for c in fp_calls], torch.int64)
+        fingerprint[has_fp] = _host([_rows_of(c, cast(torch.Tensor, c.dist.fingerprint)) for c in fp_calls], torch.int64)
 
     has_grad = per_call([bool(c.grads) for c in calls])
     grad = np.zeros(int(counts.sum()), dtype=np.float32)
-    grad_calls = [c for c in calls if c.grads]
-    if grad_calls:
-        summed = [torch.stack(c.grads).sum(0) if len(c.grads) > 1 else c.grads[0] for c in grad_calls]
+    grad_lists = [c.grads for c in calls if c.grads]
+    if grad_lists:
+        summed = [torch.stack(g).sum(0) if len(g) > 1 else g[0] for g in grad_lists]
         grad[has_grad] = _host(summed, torch.float32)
 
     one_in = per_call([c.dist.logits_one_in for c in calls])

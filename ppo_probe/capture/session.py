@@ -222,7 +222,7 @@ class Session:
         else:
             entry, head = self.entries.attribute(grad, batch_shape, source)
             first = self._last_dist
-            if head and first is not None and first.rows == rows and first.entry == entry.module:
+            if head and entry is not None and first is not None and first.rows == rows and first.entry == entry.module:
                 # a further head of the same forward: share the first head's kept input rows
                 actor, entry_name = first.actor, first.entry
                 fp_input, fingerprint, mutated = first.fp_input, first.fingerprint, first.input_mutated

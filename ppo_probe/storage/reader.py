@@ -40,7 +40,7 @@ def merge_rank_metas(metas: dict[int, dict[str, Any]]) -> dict[str, Any]:
         str(r): {k: m.get(k) for k in ("status", "counts", "cycles", "rows_written", "probe_errors")}
         for r, m in sorted(metas.items())
     }
-    counts: dict[str, int] = {}
+    counts: dict[str, int | float] = {}
     errors: dict[str, Any] = {}
     for r, m in sorted(metas.items()):
         for k, v in (m.get("counts") or {}).items():
