@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -61,7 +61,7 @@ class StepRecorder:
         snaps = [self._snapshot(p) for p in params]
         present = [s is not None for s in snaps]
         known = [i for i, ok in enumerate(present) if ok]
-        diffs = [cast(torch.Tensor, snaps[i]) for i in known]
+        diffs = [s for s in snaps if s is not None]
         if diffs:
             torch._foreach_sub_(diffs, [params[i] for i in known])
         measured = first + diffs
@@ -112,9 +112,9 @@ class StepRecorder:
         self._session.on_step_done(record)
 
     def _take_snapshots(self, params: list[torch.Tensor], snaps: list[torch.Tensor | None]) -> None:
-        have = [i for i, s in enumerate(snaps) if s is not None]
+        have = [s for s in snaps if s is not None]
         if have:
-            torch._foreach_copy_([cast(torch.Tensor, snaps[i]) for i in have], [params[i] for i in have])
+            torch._foreach_copy_(have, [p for p, s in zip(params, snaps) if s is not None])
         for i, s in enumerate(snaps):
             if s is None:
                 p = params[i]
