@@ -5,7 +5,8 @@ Usage: python benchmarks/run_all.py [--repeats 5] [--timesteps 8192] [--long-tim
                                     [--mem-cycles 200] [--pairs 1000000]
                                     [--quick] [--skip-analysis] [--cases CASE ...]
 
-Cases, each a ratio measured in this one process: every repeat runs plain, watched
+Cases, each a ratio measured in one fresh process of its own (so no case runs on the heap and
+caches an earlier case left behind; the memory case already ran apart): every repeat runs plain, watched
 (``ppo_probe.watch(actor, optim, out=tmp)``, its exit and final flush included) and the two peers of
 benchmarks/peers.py, in an order rotated by one each repeat; each variant's time is the median
 over repeats and each ratio the median of the per-repeat ratios to that repeat's plain run.
@@ -223,6 +224,38 @@ def machine() -> str:
     )
 
 
+def _overhead_cases(args: argparse.Namespace) -> dict[str, tuple]:
+    """case -> (case, log line, row name, runner, size, warm-up size, variants, target)."""
+    mlp = Config(device="cpu", hidden=args.hidden, batch=args.batch, minibatch=min(1024, args.batch))
+    mlp_name = f"3x{args.hidden} MLP, batch {args.batch}"
+    cycles = args.timesteps // 512
+    wanted = {args.case_child} if args.case_child else set(args.cases)
+    runner = cartpole_runner() if {"cartpole", "cartpole-long"} & wanted else None
+    return {
+        "cartpole": ("cartpole", f"cartpole tiny MLP, {args.timesteps} timesteps",
+                     f"cartpole tiny MLP, {cycles} cycles", runner, args.timesteps, 1024,
+                     (*VARIANTS, ALL_CYCLES), 1.05),
+        "cartpole-long": ("cartpole-long", f"cartpole tiny MLP, long: {args.long_timesteps} timesteps",
+                          f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", runner,
+                          args.long_timesteps, 1024, ("plain", "watched", "manual"), 1.05),
+        "mlp": ("mlp", f"{mlp_name}, {args.cycles} cycles", f"{mlp_name}, {args.cycles} cycles",
+                mlp_runner(mlp), args.cycles, 1, VARIANTS, 1.02),
+        "mlp-long": ("mlp-long", f"{mlp_name}, long: {args.long_cycles} cycles",
+                     f"{mlp_name}, {args.long_cycles} cycles", mlp_runner(mlp), args.long_cycles, 1,
+                     ("plain", "watched", "manual"), 1.02),
+    }
+
+
+def case_child(case: str, tmp: Path) -> dict:
+    """bench_case of ``case`` in a fresh interpreter running this script with this one's options
+    (its progress lines pass through to stderr)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    options = [a for a in sys.argv[1:] if a != "--cases" and a not in CASES]
+    cmd = [sys.executable, __file__, *options, "--case-child", case, "--case-tmp", str(tmp)]
+    result = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -240,6 +273,8 @@ def main() -> None:
     parser.add_argument("--skip-analysis", action="store_true")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
                         help=f"run only these ({', '.join(CASES)}; default all)")
+    parser.add_argument("--case-child", choices=CASES[:4], help=argparse.SUPPRESS)
+    parser.add_argument("--case-tmp", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", choices=("plain", "watched"), help=argparse.SUPPRESS)
     parser.add_argument("--rss-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,13 +286,13 @@ def main() -> None:
         args.repeats, args.timesteps, args.cycles = min(args.repeats, 2), 1024, 1
         args.long_timesteps, args.long_cycles = 512 * 24, 24
         args.hidden, args.batch, args.mem_cycles, args.pairs = 128, 1024, 30, 50_000
+    if args.case_child:
+        case, _, _, run, size, warm, variants, _ = _overhead_cases(args)[args.case_child]
+        print(json.dumps(bench_case(case, run, size, warm, args.repeats, args.case_tmp, variants)))
+        return
     began = time.perf_counter()
     header = machine()
     print(header, flush=True)
-    mlp = Config(
-        device="cpu", hidden=args.hidden, batch=args.batch, minibatch=min(1024, args.batch)
-    )
-    mlp_name = f"3x{args.hidden} MLP, batch {args.batch}"
     mem_col = f"RSS growth 10->{args.mem_cycles} cycles MB"
     cols = ["case", "plain s", "watched s", "ratio (target)", "manual peer ratio"]
     cols += ["histogram peer ratio", mem_col, "analyze 1M pairs s", "bytes/sample row"]
@@ -266,25 +301,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         cycles = args.timesteps // 512
-        runner = cartpole_runner() if {"cartpole", "cartpole-long"} & set(args.cases) else None
-        overhead = (  # (case, log line, row name, runner, size, warm-up size, variants, target)
-            ("cartpole", f"cartpole tiny MLP, {args.timesteps} timesteps",
-             f"cartpole tiny MLP, {cycles} cycles", runner, args.timesteps, 1024,
-             (*VARIANTS, ALL_CYCLES), 1.05),
-            ("cartpole-long", f"cartpole tiny MLP, long: {args.long_timesteps} timesteps",
-             f"cartpole tiny MLP, {args.long_timesteps // 512} cycles", runner,
-             args.long_timesteps, 1024, ("plain", "watched", "manual"), 1.05),
-            ("mlp", f"{mlp_name}, {args.cycles} cycles", f"{mlp_name}, {args.cycles} cycles",
-             mlp_runner(mlp), args.cycles, 1, VARIANTS, 1.02),
-            ("mlp-long", f"{mlp_name}, long: {args.long_cycles} cycles",
-             f"{mlp_name}, {args.long_cycles} cycles", mlp_runner(mlp), args.long_cycles, 1,
-             ("plain", "watched", "manual"), 1.02),
-        )
         cases = []
-        for case, line, name, run, size, warm, variants, target in overhead:
+        for case, (_, line, name, _, _, _, _, target) in _overhead_cases(args).items():
             if case in args.cases:
-                log(f"{line}, {args.repeats} repeats")
-                cases.append((name, bench_case(case, run, size, warm, args.repeats, t, variants), target))
+                log(f"{line}, {args.repeats} repeats, in a fresh process")
+                cases.append((name, case_child(case, t / case), target))
         for name, res, target in cases:
             tm, r = res["time"], res["ratio"]
             cells = [name, f"{tm['plain']:.3f}", f"{tm['watched']:.3f}"]
