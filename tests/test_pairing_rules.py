@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Categorical
@@ -239,11 +240,13 @@ def test_separate_head_modules_are_heads_of_one_forward(tmp_path):
 
     actor = Policy()
     optim = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    sampled = []  # per cycle, per head: the normalized logits sampled from
     with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
         for _cycle in range(2):
             obs = torch.randn(128, 6)
             with torch.no_grad():
                 dists = [Categorical(logits=logits) for logits in actor(obs)]
+                sampled.append([d.logits.clone() for d in dists])
                 actions = [d.sample() for d in dists]
                 old = sum(d.log_prob(a) for d, a in zip(dists, actions))
             adv = torch.randn(128)
@@ -269,3 +272,12 @@ def test_separate_head_modules_are_heads_of_one_forward(tmp_path):
     for head in (0, 1):
         kl = first.loc[first["head"] == head, "kl_exact"].dropna()
         assert len(kl) > 0 and float(kl.abs().max()) < 1e-6, (head, kl.describe())
+    # and they are the trainer's own: each kept sampling row holds the logits it was sampled from
+    samples = report.run.samples  # the logits column only in the raw table
+    samples = samples.assign(within=samples.groupby("call_id").cumcount(),
+                             logits=report.run.table("samples").column("logits").to_pylist())
+    kept = samples[(samples["phase"] == "sampling") & samples["logits"].notna()]
+    assert set(kept["head"]) == {0, 1} and 0.1 * 512 < len(kept) < 0.5 * 512
+    for row in kept.itertuples():
+        expected = sampled[row.cycle][row.head][row.within].numpy()
+        assert len(row.logits) == len(expected) and np.allclose(row.logits, expected, atol=1e-6)

@@ -290,8 +290,9 @@ def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
 
 def _logits_column(calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray) -> pa.Array:
     """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
-    null elsewhere. One gather from the joined block when every call has the same K (and device),
-    else one per call; one host copy."""
+    null elsewhere. One gather from the joined block of the calls of each K (and device), one host
+    copy; with several K (MultiDiscrete heads of different sizes) the groups' rows are put back in
+    row order on the host."""
     k_row = np.repeat([c.dist.n_categories for c in calls], counts)
     offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
     kept = [c.dist.logits_one_in > 0 for c in calls]
@@ -304,13 +305,25 @@ def _logits_column(calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray
         index = torch.from_numpy(np.flatnonzero(of_kept)).to(joined.device)
         values = pa.array(_host([joined[index].reshape(-1)], torch.float32), type=pa.float32())
     else:
-        parts, start = [], 0
-        for b in blocks:
-            rows = np.flatnonzero(of_kept[start:start + b.shape[0]])
-            start += b.shape[0]
-            if len(rows):
-                parts.append(b[torch.from_numpy(rows).to(b.device)].reshape(-1))
-        values = pa.array(_host(parts, torch.float32), type=pa.float32())
+        rows_of_kept = np.flatnonzero(np.repeat(kept, counts))  # row of each kept call's row
+        bounds = np.cumsum([0] + [b.shape[0] for b in blocks])
+        groups: dict[tuple[int, torch.device], list[int]] = {}
+        for i, b in enumerate(blocks):
+            groups.setdefault((b.shape[1], b.device), []).append(i)
+        parts, dest = [], []
+        for (k, _device), members in groups.items():
+            spans = [np.arange(bounds[i], bounds[i + 1]) for i in members]
+            span = np.concatenate(spans) if len(spans) > 1 else spans[0]
+            chosen = np.flatnonzero(of_kept[span])  # within the group's joined block
+            if not len(chosen):
+                continue
+            joined = torch.cat([blocks[i] for i in members]) if len(members) > 1 else blocks[members[0]]
+            parts.append(joined[torch.from_numpy(chosen).to(joined.device)].reshape(-1))
+            starts = offsets[:-1][rows_of_kept[span[chosen]]]  # where each row's values begin
+            dest.append((starts[:, None] + np.arange(k, dtype=np.int32)).reshape(-1))
+        flat = np.empty(int(offsets[-1]), dtype=np.float32)
+        flat[np.concatenate(dest)] = _host(parts, torch.float32)
+        values = pa.array(flat, type=pa.float32())
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~keep, type=pa.bool_()))
 
 
