@@ -17,25 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 from torch.distributions import Categorical
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def records_module(root: Path) -> ModuleType:
-    """ppo_probe.capture.records as found under ``root`` (a fresh import of the package)."""
-    for name in [m for m in sys.modules if m == "ppo_probe" or m.startswith("ppo_probe.")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
-    try:
-        import ppo_probe.capture.records as module
-    finally:
-        sys.path.pop(0)
-    return module
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from checkouts import module_from  # noqa: E402
 
 
 class Policy(torch.nn.Module):
@@ -83,9 +72,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     calls = recorded_calls()  # recorded by this checkout
-    versions = {"this checkout": records_module(ROOT)}
+    versions = {"this checkout": module_from(ROOT, "ppo_probe.capture.records")}
     if args.base is not None:
-        versions[f"base {args.base}"] = records_module(args.base)
+        versions[f"base {args.base}"] = module_from(args.base, "ppo_probe.capture.records")
     counts = np.array([c.n for c in calls])
     keep = np.random.default_rng(0).random(int(counts.sum())) < 0.3
     columns = [module._logits_column(calls, counts, keep) for module in versions.values()]  # warm-up

@@ -15,25 +15,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from checkouts import module_from  # noqa: E402
 from example_overhead import load_example  # noqa: E402
-
-
-def optim_module(root: Path) -> ModuleType:
-    """ppo_probe.capture.optim as found under ``root`` (a fresh import of the package)."""
-    for name in [m for m in sys.modules if m == "ppo_probe" or m.startswith("ppo_probe.")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
-    try:
-        import ppo_probe.capture.optim as module
-    finally:
-        sys.path.pop(0)
-    return module
 
 
 class StubSession:
@@ -65,9 +53,9 @@ def main() -> None:
     _, agent, optimizer = example.build(example.Config(seed=1, total_timesteps=512))
     for p in agent.parameters():
         p.grad = torch.randn_like(p)
-    versions = {"this checkout": optim_module(ROOT)}
+    versions = {"this checkout": module_from(ROOT, "ppo_probe.capture.optim")}
     if args.base is not None:
-        versions[f"base {args.base}"] = optim_module(args.base)
+        versions[f"base {args.base}"] = module_from(args.base, "ppo_probe.capture.optim")
     times: dict[str, list[float]] = {name: [] for name in versions}
     for _ in range(args.repeats):
         for name, module in versions.items():
