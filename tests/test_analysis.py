@@ -218,3 +218,26 @@ def test_update_rows_without_sampling_log_probs_say_so(tmp_path):
     found = report.diagnostics.set_index("id").loc["unpaired-samples"]
     assert "the 3 cycles they fall in hold no sampling-phase log-prob row" in found["evidence"]
     assert "dist.log_prob(action) under torch.no_grad()" in found["fix"]
+
+
+def test_a_categorical_whose_log_prob_is_never_called_leaves_nothing_to_check(tmp_path):
+    """The update builds a Categorical with grad but reads its log-probs by hand from
+    dist.logits: no update row, and the reason says so."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
+        for _ in range(2):
+            obs = torch.randn(64, 4)
+            with torch.no_grad():
+                dist = Categorical(logits=net(obs))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            for _ in range(2):
+                new = Categorical(logits=net(obs)).logits.gather(1, action[:, None]).squeeze(1)
+                loss = -((new - old).exp() * torch.randn(64)).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    report = ppo_probe.analyze(w.path)
+    assert report.nothing_to_check.startswith("4 Categoricals built with grad enabled, but log_prob() was never called")

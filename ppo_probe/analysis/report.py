@@ -57,8 +57,8 @@ class Report:
     @property
     def nothing_to_check(self) -> str | None:
         """Why the run holds no update-phase log-prob row, the facts most checks stand on (a
-        watch around no training, a policy without a Categorical, a schedule that recorded no
-        cycle); None when it holds some."""
+        watch around no training, a policy without a Categorical, update log-probs computed by
+        hand); None when it holds some."""
         return nothing_to_check(self.run)
 
     @property
@@ -164,14 +164,9 @@ def nothing_to_check(run: Run) -> str | None:
     samples = run.samples
     if (samples["phase"] == "update").any():
         return None
-    meta, dists, steps = run.meta, run.dists, run.steps
-    total, recorded = meta.get("cycles"), meta.get("recorded_cycles")
-    settings = meta.get("settings") or {}
+    # (the schedule always records cycle 0, so it alone never leaves a run without update rows)
+    dists, steps = run.dists, run.steps
     grad_dists = int(dists["grad_enabled"].fillna(False).astype(bool).sum()) if len(dists) else 0
-    if isinstance(total, int) and total > 0 and recorded == 0:
-        return (f"the watch's schedule (first_cycles={settings.get('first_cycles')}, every="
-                f"{settings.get('every')}) recorded none of the run's {total} cycles; pass "
-                "first_cycles >= 1 or a smaller every")
     if dists.empty and steps.empty:
         return ("the watch saw no torch.distributions.Categorical and no optimizer step: training "
                 "ran outside the with-block (or in another process), or did not run")
