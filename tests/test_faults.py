@@ -30,7 +30,7 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def _raising_grad_hook(self, sink, gen):  # noqa: ANN001, ANN202
+def _raising_grad_hook(self, sink, gen, call=None):  # noqa: ANN001, ANN202
     return lambda grad: self.fail("gradient hook", RuntimeError("injected fault"))
 
 

@@ -281,3 +281,50 @@ def test_separate_head_modules_are_heads_of_one_forward(tmp_path):
     for row in kept.itertuples():
         expected = sampled[row.cycle][row.head][row.within].numpy()
         assert len(row.logits) == len(expected) and np.allclose(row.logits, expected, atol=1e-6)
+
+
+def _two_calls_per_step(tmp_path, accumulate: bool):
+    """A bandit PPO whose every optimizer step is fed by two log_prob calls of 64 rows: two
+    micro-batches with ``(loss / 2).backward()`` each (gradient accumulation), or one backward of
+    the sum of two agents' mean losses (a shared policy looped over agents)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    optim = torch.optim.Adam(net.parameters(), lr=3e-3)
+    target = torch.randn(6, 4)
+    with ppo_probe.watch(net, optim, out=tmp_path / ("accumulated" if accumulate else "summed"), strict=True) as w:
+        for _cycle in range(3):
+            obs = torch.randn(256, 6)
+            with torch.no_grad():
+                dist = Categorical(logits=net(obs))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            reward = (obs @ target).softmax(-1).gather(1, action[:, None]).squeeze(1)
+            for _epoch in range(2):
+                for idx in torch.randperm(256).split(128):
+                    optim.zero_grad()
+                    total = 0.0
+                    for part in idx.split(64):
+                        adv = (reward[part] - reward[part].mean()) / (reward[part].std() + 1e-8)
+                        ratio = (Categorical(logits=net(obs[part])).log_prob(action[part]) - old[part]).exp()
+                        loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+                        if accumulate:
+                            (loss / 2).backward()
+                        else:
+                            total = total + loss
+                    if not accumulate:
+                        total.backward()
+                    optim.step()
+    return ppo_probe.analyze(w.path)
+
+
+@pytest.mark.parametrize("accumulate", [True, False], ids=["gradient accumulation", "summed means"])
+def test_adv_eff_divides_by_the_loss_rows_of_each_backward_pass(tmp_path, accumulate):
+    """adv_eff is the normalized advantage either way: with two backward passes per step the
+    mean-reduced loss's B is both micro-batches (128), with one pass each call's own (64)."""
+    report = _two_calls_per_step(tmp_path, accumulate)
+    pairs = report.run.pairs
+    assert (pairs["call_rows"] == 64).all()
+    assert (pairs["loss_rows"] == (128 if accumulate else 64)).all()
+    # per-step normalization: the unclipped rows' effective advantages have std ~1 and mean ~0
+    assert 0.8 < float(report.per_step["adv_eff_std"].median()) < 1.1
+    assert "advantages-not-normalized" not in report.ids and "loss-sum-reduction" not in report.ids

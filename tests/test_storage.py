@@ -40,7 +40,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
     meta = json.loads((small_run / "meta.json").read_text())
-    assert meta["schema_version"] == 2 and meta["status"] == "complete"
+    assert meta["schema_version"] == 3 and meta["status"] == "complete"
     parts = sorted((small_run / "samples" / "rank=0").iterdir())
     assert len(parts) > 1  # flush_rows=500 forces several complete part files
     assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
@@ -103,6 +103,21 @@ def test_a_version_1_run_still_loads_with_one_head(small_run, tmp_path):
     old, new = ppo_probe.load(run), ppo_probe.load(small_run)
     assert (old.samples["head"] == 0).all() and (old.dists["head"] == 0).all()
     pd.testing.assert_frame_equal(old.pairs, new.pairs)
+    assert ppo_probe.analyze(old).diagnostics["id"].tolist() == ppo_probe.analyze(new).diagnostics["id"].tolist()
+
+
+def test_a_version_2_run_still_loads_without_backward_passes(small_run, tmp_path):
+    """Version 3 added ``grad_pass``; runs written before read it as unknown (null), and their
+    adv_eff falls back to the log_prob call's rows, the same as one pass per step gives."""
+    run = tmp_path / "v2"
+    shutil.copytree(small_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 2}))
+    for part in (run / "samples" / "rank=0").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["grad_pass"]), part)
+    old, new = ppo_probe.load(run), ppo_probe.load(small_run)
+    assert old.samples["grad_pass"].isna().all() and new.samples["grad_pass"].notna().any()
+    pd.testing.assert_frame_equal(old.pairs.drop(columns="grad_pass"), new.pairs.drop(columns="grad_pass"))
     assert ppo_probe.analyze(old).diagnostics["id"].tolist() == ppo_probe.analyze(new).diagnostics["id"].tolist()
 
 

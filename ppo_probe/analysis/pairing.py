@@ -37,6 +37,24 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=frame.index).where(out >= 0).astype("Int64")
 
 
+def loss_rows(pairs: pd.DataFrame) -> np.ndarray:
+    """The ``B`` of each update row's mean-reduced loss: its log_prob call's rows (``call_rows``)
+    times the backward passes that fed the same optimizer step from that actor and head. One pass
+    is the common case, and also a loss that sums several calls' means. With gradient accumulation
+    (k micro-batches' ``(loss / k).backward()`` before one step) there are k passes, and a mean
+    over the whole minibatch divides by k x the micro-batch. Rows whose pass is unknown (no
+    gradient, no step, a run older than schema 3) keep ``call_rows``."""
+    own = pairs["call_rows"].to_numpy(np.float64, na_value=np.nan)
+    known = (pairs["step"].notna() & pairs["grad_pass"].notna()).to_numpy()
+    if not known.any():
+        return own
+    key = ["rank", "step", "actor", "head"]
+    passes = pairs.loc[known].groupby(key, sort=False, dropna=False)["grad_pass"].transform("nunique")
+    out = own.copy()
+    out[known] = own[known] * passes.to_numpy(np.float64)
+    return out
+
+
 def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None) -> pd.DataFrame:
     """One row per update-phase log-prob row; ``paired`` says whether a sampling row matched."""
     if not (samples["phase"] == "update").any():
@@ -69,8 +87,9 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     pairs["clipped"] = pd.array(grad == 0.0, dtype="boolean").copy()
     pairs.loc[np.isnan(grad), "clipped"] = pd.NA
     observable = np.isfinite(grad) & (grad != 0.0)
+    pairs["loss_rows"] = loss_rows(pairs)
     with np.errstate(divide="ignore", invalid="ignore"):
-        adv = -grad * pairs["call_rows"].to_numpy(np.float64) / terms["ratio"]
+        adv = -grad * pairs["loss_rows"].to_numpy(np.float64) / terms["ratio"]
     pairs["adv_eff"] = np.where(observable, adv, np.nan)
     pairs["kl_exact"], pairs["logit_scale"] = compare_logits(
         logits,
@@ -85,7 +104,8 @@ _EMPTY_PAIRS = {
     "head": "Int16", "action": "Int64", "fingerprint": "Int64", "paired": "bool", "old_logp": "float32",
     "new_logp": "float32", "log_ratio": "float64", "ratio": "float64", "k3": "float64",
     "grad_logp": "float32", "clipped": "boolean", "adv_eff": "float64", "kl_exact": "float64",
-    "logit_scale": "float64", "call_rows": "Int32", "seq": "Int32", "dist_id": "Int64",
+    "logit_scale": "float64", "call_rows": "Int32", "loss_rows": "float64", "grad_pass": "Int64",
+    "seq": "Int32", "dist_id": "Int64",
     "old_dist_id": "Int64", "multiplicity": "float64", "call_id": "Int64", "call_pos": "int64",
 }  # fmt: skip
 
@@ -115,6 +135,8 @@ def joint_rows(pairs: pd.DataFrame) -> pd.DataFrame:
         kl_exact=("kl_exact", lambda v: v.sum(min_count=len(v))),
         logit_scale=("logit_scale", "mean"),
         call_rows=("call_rows", "first"),
+        loss_rows=("loss_rows", "first"),
+        grad_pass=("grad_pass", "first"),
         seq=("seq", "first"),
         dist_id=("dist_id", "first"),
         old_dist_id=("old_dist_id", "first"),
@@ -130,7 +152,7 @@ def joint_rows(pairs: pd.DataFrame) -> pd.DataFrame:
         joint[name] = values
     grad = joint["grad_logp"].to_numpy(np.float64, na_value=np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        adv = -grad * joint["call_rows"].to_numpy(np.float64) / terms["ratio"]
+        adv = -grad * joint["loss_rows"].to_numpy(np.float64) / terms["ratio"]
     joint["adv_eff"] = np.where(np.isfinite(grad) & (grad != 0.0), adv, np.nan)
     return joint[list(_EMPTY_PAIRS)]
 

@@ -73,6 +73,7 @@ class CallRecord:
     n: int
     gen: Generation
     grads: list[torch.Tensor] | None = None  # made when a gradient hook is added
+    grad_pass: int = -1  # log_prob calls made before its first gradient arrived; -1: none yet
 
 
 @dataclass(eq=False, slots=True)
@@ -254,6 +255,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         grad[has_grad] = _host(summed, torch.float32)
 
     one_in = per_call([c.dist.logits_one_in for c in calls])
+    grad_pass = per_call([c.grad_pass for c in calls])
     # [B] actions and log-probs, the common case, need no view per call
     actions = [
         c.action if c.action.dim() == 1 and c.action.shape == c.logp.shape
@@ -273,6 +275,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "action": _host(actions, torch.int64),
         "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
+        "grad_pass": pa.array(grad_pass, mask=grad_pass < 0, type=pa.int64()),
         "logits": _logits_column(calls, counts, has_fp & logits_kept(fingerprint, one_in)),
     }
     return columns, sum(changed)

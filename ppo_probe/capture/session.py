@@ -361,7 +361,7 @@ class Session:
         self._rows += n
         if grad and result.requires_grad:
             call.grads = []
-            self._add_tensor_hook(result, self._grad_hook(call.grads, call.gen))
+            self._add_tensor_hook(result, self._grad_hook(call.grads, call.gen, call))
         if phase == "sampling":
             self._maybe_flush(1)
         else:
@@ -387,12 +387,16 @@ class Session:
             del self._tensor_hooks[:50_000]
         self._tensor_hooks.append(tensor.register_hook(hook))
 
-    def _grad_hook(self, sink: list[torch.Tensor], gen: Generation) -> Any:
+    def _grad_hook(self, sink: list[torch.Tensor], gen: Generation, call: CallRecord | None = None) -> Any:
         def hook(grad: torch.Tensor) -> None:
             try:
                 if gen.flushed:
                     self.counts["late_gradients"] += 1
                     return
+                if call is not None and call.grad_pass < 0:
+                    # which backward pass: the log_prob calls made before it (gradient
+                    # accumulation runs one pass per micro-batch, a summed loss one for all)
+                    call.grad_pass = self._next_call
                 sink.append(grad.detach().reshape(-1).to(torch.float32, copy=True))
             except Exception as exc:  # noqa: BLE001
                 self.fail("gradient hook", exc)

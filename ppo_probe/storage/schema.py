@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped whenever a table gains, loses or changes a column. Readers refuse newer versions.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: One row per log-prob row (a row of a ``Categorical.log_prob`` result).
 SAMPLES = pa.schema(
@@ -22,6 +22,8 @@ SAMPLES = pa.schema(
         ("action", pa.int64()),
         ("logp", pa.float32()),
         ("grad_logp", pa.float32()),  # dLoss/dlogp; null when no gradient reached the row
+        # the backward pass that brought it: log_prob calls made before it arrived; null: none (v3)
+        ("grad_pass", pa.int64()),
         ("logits", pa.list_(pa.float32())),  # normalized logits, null when K > keep_logits_max_k
     ]
 )
@@ -89,9 +91,10 @@ LAYERS = pa.schema(
 )
 
 #: Columns added after version 1, with the value older parts read as (head 0: one head per
-#: forward; no non-finite rows counted).
-ADDED_COLUMNS: dict[tuple[str, str], int] = {
+#: forward; no non-finite rows counted; backward pass unknown).
+ADDED_COLUMNS: dict[tuple[str, str], int | None] = {
     ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
+    ("samples", "grad_pass"): None,
 }
 
 TABLES: dict[str, pa.Schema] = {
