@@ -241,3 +241,34 @@ def test_a_categorical_whose_log_prob_is_never_called_leaves_nothing_to_check(tm
                 optim.step()
     report = ppo_probe.analyze(w.path)
     assert report.nothing_to_check.startswith("4 Categoricals built with grad enabled, but log_prob() was never called")
+
+
+def test_an_lr_schedule_is_scaled_from_its_peak(tmp_path):
+    """Under a decaying lr (CleanRL's anneal_lr) the multiplier applies to the whole schedule and
+    is quoted against its peak, the lr the user configured, not the last cycle's lr."""
+    cfg = BanditConfig(seed=4, lr=1e-4, cycles=6)
+    torch.manual_seed(4)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    steps_per_cycle = cfg.epochs * cfg.batch // cfg.minibatch
+    count = [0]
+
+    def anneal(optimizer, args, kwargs):  # noqa: ANN001, ANN202 - lr x (1 - cycle / cycles)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * (1 - (count[0] // steps_per_cycle) / cfg.cycles)
+        count[0] += 1
+
+    handle = optim.register_step_pre_hook(anneal)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", every=1) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    handle.remove()
+    rec = ppo_probe.analyze(w.path).recommendation
+    assert rec["lr_scheduled"] and rec["lr_of_run"] == pytest.approx(cfg.lr)
+    assert rec["lr_multiplier"] > 1 and rec["lr"] == pytest.approx(cfg.lr * rec["lr_multiplier"])
+    assert "scale the whole schedule" in rec["rationale"]
+
+
+def test_a_constant_lr_is_no_schedule(clipped_run):
+    rec = ppo_probe.analyze(clipped_run).recommendation
+    assert not rec["lr_scheduled"] and rec["lr_of_run"] == pytest.approx(3e-2)
+    assert "schedule" not in rec["rationale"].split(". ")[0]

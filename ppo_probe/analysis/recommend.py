@@ -140,7 +140,12 @@ def recommend(
     if pc.empty:
         return None
     kl = float(pc["kl_k3"].astype(float).median())
-    lr_now = float(pc["lr"].astype(float).iloc[-1]) if pc["lr"].notna().any() else float("nan")
+    lrs = pc["lr"].astype(float)
+    lrs = lrs[np.isfinite(lrs)]
+    # An lr schedule (CleanRL's anneal_lr, warm-up, decay): the multiplier scales the whole
+    # schedule, so it is quoted against the schedule's peak, the lr a user configures.
+    scheduled = len(lrs) >= 2 and float(lrs.max()) > 1.2 * float(lrs.min())
+    lr_now = float(lrs.max()) if scheduled else (float(lrs.iloc[-1]) if len(lrs) else float("nan"))
     knee = clip_knee(clip_coef)
     p, fitted_on = fit_exponent(per_cycle)
     p_two = two_run_exponent(lr_now, kl, previous)
@@ -181,7 +186,10 @@ def recommend(
     sentences = [
         f"median per-cycle KL (k3, last epoch) {kl:.3g} over {len(pc)} cycles vs target "
         f"{t.target_kl}; {model}: lr x {multiplier:.3g}{clamp}"
-        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g})" if np.isfinite(lr_now) else "")
+        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g})" if np.isfinite(lr_now) and not scheduled else "")
+        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g}, the peak of this run's lr schedule, which "
+           f"went from {float(lrs.iloc[0]):.3g} to {float(lrs.iloc[-1]):.3g}: scale the whole schedule "
+           f"by {multiplier:.3g})" if scheduled else "")
     ]
     if len(adv_std):
         sentences.append(f"adv_eff median std {adv_std.median():.3g} over {len(adv_std)} steps: "
@@ -199,7 +207,8 @@ def recommend(
         "lr_multiplier": multiplier,
         "adv_scale": adv_scale if np.isfinite(adv_scale) else None,
         "kl_per_cycle_median": kl,
-        "lr_of_run": lr_now if np.isfinite(lr_now) else None,
+        "lr_of_run": lr_now if np.isfinite(lr_now) else None,  # the schedule's peak when the lr varied
+        "lr_scheduled": scheduled,
         "kl_exponent": p if fitted_on or np.isfinite(p_two) else None,
         "kl_exponent_source": "two runs" if np.isfinite(p_two) else ("lr varied across cycles" if fitted_on else None),
         "kl_knee": knee,
