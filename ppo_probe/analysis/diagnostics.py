@@ -251,6 +251,15 @@ def check_params_changed_outside_step(ctx: Context):
     return evidence, fix, _first_step(changed["step"]), _cycles(changed["cycle"])
 
 
+# A first-step |log r| the two paths' float precision explains: 1% of the ratio, or 2% of the
+# update logits' spread (rounding error grows with the logits). bf16 autocast on the update path
+# only, fp32 sampling (benchmarks/precision_mismatch.py): a 90th percentile of at most 0.83% of
+# the logit spread at spreads 0.12-4.78; a temperature of 2 on one path gave 8e-2 on the
+# CleanRL-style CartPole.
+_PRECISION_LOG_RATIO = 1e-2
+_PRECISION_OF_SPREAD = 0.02
+
+
 @diagnostic("sampling-update-mismatch", "error", "The update does not see the distribution that was sampled")
 def check_sampling_update_mismatch(ctx: Context):
     paired = ctx.paired[ctx.paired["step"].notna()]
@@ -278,8 +287,17 @@ def check_sampling_update_mismatch(ctx: Context):
         kind = (f"logit scale: update logits are {_g(s)}x the sampling logits, a temperature of "
                 f"{_g(s)} applied on the sampling path only")
     else:
+        spread = float(np.quantile(first["log_ratio"].abs().to_numpy(float), 0.9))
+        logits = float(np.nanmedian(new["logit_spread"].to_numpy(float))) if len(new) else float("nan")
+        tolerance = max(_PRECISION_LOG_RATIO, _PRECISION_OF_SPREAD * (logits if np.isfinite(logits) else 0.0))
+        if spread <= tolerance:
+            # same K, mask and scale, and 90% of the rows within what the two paths' float
+            # precision explains (bf16 / fp16 autocast on one only): harmless beside PPO's clip
+            return None
         kind = ("inputs or weights: same K, mask and logit scale, yet the log-probs differ (state "
-                "encoding, normalization statistics or network mode differ between the two paths)")
+                "encoding, normalization statistics or network mode differ between the two paths; "
+                f"the 90th percentile of |log r| is {_g(spread)}, more than the {_g(tolerance)} "
+                "float precision explains)")
     evidence = (
         f"at the first optimizer step of a cycle the ratio should be exactly 1, but |log r| > 1e-3 on "
         f"{len(bad)} of {len(first)} rows (median |log r| {_g(float(bad['log_ratio'].abs().median()))}); "
