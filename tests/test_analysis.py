@@ -272,3 +272,26 @@ def test_a_constant_lr_is_no_schedule(clipped_run):
     rec = ppo_probe.analyze(clipped_run).recommendation
     assert not rec["lr_scheduled"] and rec["lr_of_run"] == pytest.approx(3e-2)
     assert "schedule" not in rec["rationale"].split(". ")[0]
+
+
+def test_a_rollout_with_grad_enabled_is_named(tmp_path):
+    """Sampling without torch.no_grad() (old log-probs detached afterwards) leaves no sampling
+    rows; unpaired-samples names the rollout's gradient-less calls and asks for no_grad."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
+        for _ in range(3):
+            obs = torch.randn(64, 4)
+            dist = Categorical(logits=net(obs))  # grad enabled
+            action = dist.sample()
+            old = dist.log_prob(action).detach()
+            for _ in range(2):
+                ratio = (Categorical(logits=net(obs)).log_prob(action) - old).exp()
+                loss = -(ratio * torch.randn(64)).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    found = ppo_probe.analyze(w.path).diagnostics.set_index("id").loc["unpaired-samples"]
+    assert "3 of the 9 grad-mode log_prob calls (192 rows) never received a gradient" in found["evidence"]
+    assert found["fix"].startswith("Run the rollout under torch.no_grad()")

@@ -342,11 +342,25 @@ def check_unpaired_samples(ctx: Context):
         where = "the cycle they fall in holds" if n_cycles == 1 else f"the {n_cycles} cycles they fall in hold"
         evidence += (f"; {where} no sampling-phase log-prob row (Categorical.log_prob under "
                      "no_grad) to pair with")
-        fix = (
-            "Store the old log-probs at sampling from the Categorical you sampled from "
-            "(dist.log_prob(action) under torch.no_grad()), as PPO's ratio needs; update rows are "
-            "paired with those rows."
-        )
+        # grad-mode log_prob calls no gradient ever reached: a rollout run with grad enabled
+        reached = rows.groupby(["rank", "call_id"], sort=False)["grad_logp"].count()
+        ungraded = reached[reached == 0]
+        if len(ungraded):
+            ungraded_rows = int(rows["call_id"].isin(ungraded.index.get_level_values("call_id")).sum())
+            evidence += (f"; {len(ungraded)} of the {len(reached)} grad-mode log_prob calls "
+                         f"({ungraded_rows} rows) never received a gradient, as a rollout run with "
+                         "grad enabled (its old log-probs detached afterwards) gives")
+            fix = (
+                "Run the rollout under torch.no_grad(): ppo_probe reads the sampling policy from "
+                "log_prob calls made without grad, and the rollout then builds no autograd graph "
+                "per env step."
+            )
+        else:
+            fix = (
+                "Store the old log-probs at sampling from the Categorical you sampled from "
+                "(dist.log_prob(action) under torch.no_grad()), as PPO's ratio needs; update rows "
+                "are paired with those rows."
+            )
     else:
         fix = (
             "Feed the update the exact observations stored at sampling (no re-normalization, "
