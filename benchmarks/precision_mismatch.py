@@ -1,8 +1,8 @@
 """How far bf16 autocast on the update path alone moves the first step's log-ratio: the calibration
 of sampling-update-mismatch's precision tolerance (ppo_probe/analysis/diagnostics.py).
 
-A 3-layer MLP samples in fp32 and updates under CPU bf16 autocast (3 cycles of 512 rows, minibatches
-of 128); its last layer's weights are scaled to set the logits' spread. Prints per scale the 90th
+tests/trainers.py's 3-layer MLP samples in fp32 and updates under CPU bf16 autocast (3 cycles of 512
+rows, minibatches of 128); its last layer's weights are scaled to set the logits' spread. Prints per scale the 90th
 percentile of |log r| over the rows of each cycle's first step, the update Categoricals' median
 logit_spread, their ratio (the tolerance is max(0.01, 0.02 x spread)) and the ids raised.
 
@@ -11,49 +11,25 @@ Usage: python benchmarks/precision_mismatch.py
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from torch.distributions import Categorical
 
 import ppo_probe
 
-
-def mlp(scale: float) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128),
-                              torch.nn.Tanh(), torch.nn.Linear(128, 6))
-    with torch.no_grad():
-        net[-1].weight.mul_(scale)
-    return net
-
-
-def train(net: torch.nn.Module, optim: torch.optim.Optimizer) -> None:
-    for _cycle in range(3):
-        obs = torch.randn(512, 16)
-        with torch.no_grad():
-            dist = Categorical(logits=net(obs))
-            action = dist.sample()
-            old = dist.log_prob(action)
-        adv = torch.randn(512)
-        for idx in torch.randperm(512).split(128):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = net(obs[idx])
-            ratio = (Categorical(logits=logits.float()).log_prob(action[idx]) - old[idx]).exp()
-            loss = -torch.min(ratio * adv[idx], ratio.clamp(0.8, 1.2) * adv[idx]).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from trainers import precision_mlp, train_bf16_update  # noqa: E402
 
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     for scale in (1, 3, 10, 20, 40):
-        net = mlp(scale)
+        net = precision_mlp(scale)
         optim = torch.optim.Adam(net.parameters(), lr=3e-4)
         with ppo_probe.watch(net, optim, out=tmp / f"scale{scale}") as w:
-            train(net, optim)
+            train_bf16_update(net, optim)
         report = ppo_probe.analyze(w.path)
         pairs = report.run.pairs
         first = pairs[pairs["step"] == pairs.groupby("cycle")["step"].transform("min")]

@@ -198,24 +198,38 @@ def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
     assert alone["lr_multiplier"] == pytest.approx((0.02 / 0.0066) ** (1 / 0.7))  # no cap on one run
 
 
-def test_update_rows_without_sampling_log_probs_say_so(tmp_path):
-    """A trainer that samples actions but never calls log_prob at sampling gives the update rows
-    nothing to pair with; unpaired-samples says that, not "the inputs differ"."""
+def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: bool = True,
+             update_by_hand: bool = False):
+    """A 2-action PPO loop on a linear policy, 64 rows, 2 steps a cycle, with one of the ways a
+    trainer can leave the probe without its usual facts: no old log-prob stored at sampling, a
+    rollout with grad enabled, or update log-probs read by hand from ``dist.logits``."""
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
     optim = torch.optim.Adam(net.parameters(), lr=1e-3)
     with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
-        for _ in range(3):
+        for _ in range(cycles):
             obs = torch.randn(64, 4)
-            with torch.no_grad():
-                action = Categorical(logits=net(obs)).sample()  # no old log-prob stored
+            with torch.set_grad_enabled(not rollout_no_grad):
+                dist = Categorical(logits=net(obs))
+                action = dist.sample()
+                old = dist.log_prob(action).detach() if old_logp else torch.zeros(64)
             for _ in range(2):
-                loss = -Categorical(logits=net(obs)).log_prob(action).mean()
+                dist = Categorical(logits=net(obs))
+                if update_by_hand:
+                    new = dist.logits.gather(1, action[:, None]).squeeze(1)
+                else:
+                    new = dist.log_prob(action)
+                loss = -((new - old).exp() * torch.randn(64)).mean()
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
-    report = ppo_probe.analyze(w.path)
-    found = report.diagnostics.set_index("id").loc["unpaired-samples"]
+    return ppo_probe.analyze(w.path)
+
+
+def test_update_rows_without_sampling_log_probs_say_so(tmp_path):
+    """A trainer that samples actions but never calls log_prob at sampling gives the update rows
+    nothing to pair with; unpaired-samples says that, not "the inputs differ"."""
+    found = _odd_run(tmp_path, 3, old_logp=False).diagnostics.set_index("id").loc["unpaired-samples"]
     assert "the 3 cycles they fall in hold no sampling-phase log-prob row" in found["evidence"]
     assert "dist.log_prob(action) under torch.no_grad()" in found["fix"]
 
@@ -223,24 +237,16 @@ def test_update_rows_without_sampling_log_probs_say_so(tmp_path):
 def test_a_categorical_whose_log_prob_is_never_called_leaves_nothing_to_check(tmp_path):
     """The update builds a Categorical with grad but reads its log-probs by hand from
     dist.logits: no update row, and the reason says so."""
-    torch.manual_seed(0)
-    net = torch.nn.Linear(4, 2)
-    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
-    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
-        for _ in range(2):
-            obs = torch.randn(64, 4)
-            with torch.no_grad():
-                dist = Categorical(logits=net(obs))
-                action = dist.sample()
-                old = dist.log_prob(action)
-            for _ in range(2):
-                new = Categorical(logits=net(obs)).logits.gather(1, action[:, None]).squeeze(1)
-                loss = -((new - old).exp() * torch.randn(64)).mean()
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-    report = ppo_probe.analyze(w.path)
+    report = _odd_run(tmp_path, 2, update_by_hand=True)
     assert report.nothing_to_check.startswith("4 Categoricals built with grad enabled, but log_prob() was never called")
+
+
+def test_a_rollout_with_grad_enabled_is_named(tmp_path):
+    """Sampling without torch.no_grad() (old log-probs detached afterwards) leaves no sampling
+    rows; unpaired-samples names the rollout's gradient-less calls and asks for no_grad."""
+    found = _odd_run(tmp_path, 3, rollout_no_grad=False).diagnostics.set_index("id").loc["unpaired-samples"]
+    assert "3 of the 9 grad-mode log_prob calls (192 rows) never received a gradient" in found["evidence"]
+    assert found["fix"].startswith("Run the rollout under torch.no_grad()")
 
 
 def test_an_lr_schedule_is_scaled_from_its_peak(tmp_path):
@@ -272,26 +278,3 @@ def test_a_constant_lr_is_no_schedule(clipped_run):
     rec = ppo_probe.analyze(clipped_run).recommendation
     assert not rec["lr_scheduled"] and rec["lr_of_run"] == pytest.approx(3e-2)
     assert "schedule" not in rec["rationale"].split(". ")[0]
-
-
-def test_a_rollout_with_grad_enabled_is_named(tmp_path):
-    """Sampling without torch.no_grad() (old log-probs detached afterwards) leaves no sampling
-    rows; unpaired-samples names the rollout's gradient-less calls and asks for no_grad."""
-    torch.manual_seed(0)
-    net = torch.nn.Linear(4, 2)
-    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
-    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
-        for _ in range(3):
-            obs = torch.randn(64, 4)
-            dist = Categorical(logits=net(obs))  # grad enabled
-            action = dist.sample()
-            old = dist.log_prob(action).detach()
-            for _ in range(2):
-                ratio = (Categorical(logits=net(obs)).log_prob(action) - old).exp()
-                loss = -(ratio * torch.randn(64)).mean()
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-    found = ppo_probe.analyze(w.path).diagnostics.set_index("id").loc["unpaired-samples"]
-    assert "3 of the 9 grad-mode log_prob calls (192 rows) never received a gradient" in found["evidence"]
-    assert found["fix"].startswith("Run the rollout under torch.no_grad()")

@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Categorical
 
 import ppo_probe
-from trainers import BanditConfig, make_actor, train_bandit
+from trainers import BanditConfig, make_actor, precision_mlp, train_bandit, train_bf16_update
 
 
 def test_dict_of_actors_pairs_each_agent_with_its_own_samples(tmp_path):
@@ -335,28 +335,10 @@ def test_bf16_autocast_on_the_update_path_only_is_no_mismatch(tmp_path):
     step |log r| that grows with the logits, ~1-2% here): no sampling-update-mismatch; the same
     trainer with a temperature of 1.5 on its sampling path still raises it."""
     def run(temperature: float, name: str):
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128),
-                                  torch.nn.Tanh(), torch.nn.Linear(128, 6))
-        with torch.no_grad():  # confident logits (spread ~2.3): bf16's rounding error grows with them
-            net[-1].weight.mul_(20)
+        net = precision_mlp(logit_scale=20)  # confident logits (spread ~2.3): bf16's error grows with them
         optim = torch.optim.Adam(net.parameters(), lr=3e-4)
         with ppo_probe.watch(net, optim, out=tmp_path / name) as w:
-            for _cycle in range(3):
-                obs = torch.randn(512, 16)
-                with torch.no_grad():
-                    dist = Categorical(logits=net(obs) / temperature)
-                    action = dist.sample()
-                    old = dist.log_prob(action)
-                adv = torch.randn(512)
-                for idx in torch.randperm(512).split(128):
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        logits = net(obs[idx])
-                    ratio = (Categorical(logits=logits.float()).log_prob(action[idx]) - old[idx]).exp()
-                    loss = -torch.min(ratio * adv[idx], ratio.clamp(0.8, 1.2) * adv[idx]).mean()
-                    optim.zero_grad()
-                    loss.backward()
-                    optim.step()
+            train_bf16_update(net, optim, temperature)
         return ppo_probe.analyze(w.path)
 
     precision = run(1.0, "bf16")

@@ -70,3 +70,33 @@ def train_bandit(cfg: BanditConfig, actors: dict[str, nn.Module], optim: torch.o
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
+
+
+def precision_mlp(logit_scale: float = 1.0) -> nn.Module:
+    """A 3-layer MLP policy (16 inputs, 6 actions); ``logit_scale`` multiplies its last layer's
+    weights, and so the spread of its logits."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 6))
+    with torch.no_grad():
+        net[-1].weight.mul_(logit_scale)
+    return net
+
+
+def train_bf16_update(net: nn.Module, optim: torch.optim.Optimizer, temperature: float = 1.0) -> None:
+    """PPO that samples in fp32 (logits / ``temperature``) and updates under CPU bf16 autocast: 3
+    cycles of 512 rows, one epoch of minibatches of 128."""
+    for _cycle in range(3):
+        obs = torch.randn(512, 16)
+        with torch.no_grad():
+            dist = Categorical(logits=net(obs) / temperature)
+            action = dist.sample()
+            old = dist.log_prob(action)
+        adv = torch.randn(512)
+        for idx in torch.randperm(512).split(128):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = net(obs[idx])
+            ratio = (Categorical(logits=logits.float()).log_prob(action[idx]) - old[idx]).exp()
+            loss = -torch.min(ratio * adv[idx], ratio.clamp(0.8, 1.2) * adv[idx]).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
