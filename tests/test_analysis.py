@@ -199,10 +199,11 @@ def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
 
 
 def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: bool = True,
-             update_by_hand: bool = False):
+             update_by_hand: bool = False, sample_by_hand: bool = False):
     """A 2-action PPO loop on a linear policy, 64 rows, 2 steps a cycle, with one of the ways a
     trainer can leave the probe without its usual facts: no old log-prob stored at sampling, a
-    rollout with grad enabled, or update log-probs read by hand from ``dist.logits``."""
+    rollout with grad enabled (actions from ``dist.sample()`` or drawn by hand), or update
+    log-probs read by hand from ``dist.logits``."""
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
     optim = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -211,7 +212,7 @@ def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: b
             obs = torch.randn(64, 4)
             with torch.set_grad_enabled(not rollout_no_grad):
                 dist = Categorical(logits=net(obs))
-                action = dist.sample()
+                action = torch.multinomial(dist.probs, 1).squeeze(1) if sample_by_hand else dist.sample()
                 old = dist.log_prob(action).detach() if old_logp else torch.zeros(64)
             for _ in range(2):
                 dist = Categorical(logits=net(obs))
@@ -241,10 +242,20 @@ def test_a_categorical_whose_log_prob_is_never_called_leaves_nothing_to_check(tm
     assert report.nothing_to_check.startswith("4 Categoricals built with grad enabled, but log_prob() was never called")
 
 
-def test_a_rollout_with_grad_enabled_is_named(tmp_path):
-    """Sampling without torch.no_grad() (old log-probs detached afterwards) leaves no sampling
-    rows; unpaired-samples names the rollout's gradient-less calls and asks for no_grad."""
-    found = _odd_run(tmp_path, 3, rollout_no_grad=False).diagnostics.set_index("id").loc["unpaired-samples"]
+def test_a_rollout_with_grad_enabled_is_read_as_sampling(tmp_path):
+    """Sampling without torch.no_grad() (old log-probs detached afterwards): the Categoricals
+    sample() is called on are the sampling policy, whatever the grad mode; every cycle pairs."""
+    report = _odd_run(tmp_path, 3, rollout_no_grad=False)
+    samples = report.run.samples
+    assert (samples["phase"] == "sampling").sum() == 3 * 64 and report.run.pairs["cycle"].nunique() == 3
+    assert report.paired_fraction == 1.0 and "unpaired-samples" not in report.ids
+    assert report.run.dists["sampled"].sum() == 3 and "logprob-detached" not in report.ids
+
+
+def test_a_rollout_with_grad_and_hand_drawn_actions_is_named(tmp_path):
+    """Without sample() the grad-mode rollout cannot be told from an update: unpaired-samples
+    names its gradient-less calls and asks for the rollout under no_grad."""
+    found = _odd_run(tmp_path, 3, rollout_no_grad=False, sample_by_hand=True).diagnostics.set_index("id").loc["unpaired-samples"]
     assert "3 of the 9 grad-mode log_prob calls (192 rows) never received a gradient" in found["evidence"]
     assert found["fix"].startswith("Run the rollout under torch.no_grad()")
 

@@ -244,7 +244,7 @@ _POLICIES = {  # (sampling, update, what the reason says)
                  "6 optimizer steps but no torch.distributions.Categorical"),
     "hand-written update": ("dist = Categorical(logits=net(obs)); action = dist.sample(); old_logp = dist.log_prob(action)",
                             "new_logp = torch.log_softmax(net(obs), -1).gather(1, action[:, None]).squeeze(1)",
-                            "all built with grad disabled"),
+                            "all built with grad disabled or sampled from"),
 }  # fmt: skip
 
 

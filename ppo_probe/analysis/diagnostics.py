@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Thresholds
-from .pairing import PAIR_KEY
+from .pairing import PAIR_KEY, update_dists
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _cycle_kl(ctx: Context) -> pd.Series:
 
 @diagnostic("logprob-detached", "error", "No gradient reaches the update-phase log-probs")
 def check_logprob_detached(ctx: Context):
-    update = ctx.dists[ctx.dists["grad_enabled"].fillna(False).astype(bool)]
+    update = ctx.dists[update_dists(ctx.dists)]
     if update.empty:
         return None
     detached = update[~update["logits_require_grad"].fillna(False).astype(bool)]
@@ -544,7 +544,7 @@ def check_update_too_large(ctx: Context):
 
 @diagnostic("policy-head-flat", "warning", "The policy head is flat and does not move")
 def check_policy_head_flat(ctx: Context):
-    d = ctx.dists[ctx.dists["grad_enabled"].fillna(False).astype(bool) & ctx.dists["entropy_norm"].notna()]
+    d = ctx.dists[update_dists(ctx.dists) & ctx.dists["entropy_norm"].notna()]
     if d.empty:
         return None
     per_cycle = d.groupby("cycle").agg(entropy_norm=("entropy_norm", "mean"), spread=("logit_spread", "mean"))

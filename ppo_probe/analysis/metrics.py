@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .formulas import clipped_by_ratio
-from .pairing import resolve_steps
+from .pairing import resolve_steps, update_dists
 
 STEP_KEY = ["rank", "cycle", "step"]
 _STEP_COLUMNS = [
@@ -57,7 +57,7 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
 
 
 def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    update = dists[dists["grad_enabled"].fillna(False).astype(bool)].copy()
+    update = dists[update_dists(dists)].copy()
     if update.empty:
         return pd.DataFrame(columns=["entropy", "entropy_norm"], index=pd.MultiIndex.from_tuples([], names=STEP_KEY))
     update["step"] = resolve_steps(update, steps)

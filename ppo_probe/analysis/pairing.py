@@ -37,6 +37,13 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=frame.index).where(out >= 0).astype("Int64")
 
 
+def update_dists(dists: pd.DataFrame) -> pd.Series:
+    """The update-phase Categoricals: built with grad enabled and never sampled from (a rollout
+    run with grad enabled builds Categoricals with grad too, but calls sample() on them)."""
+    sampled = dists["sampled"].fillna(False).astype(bool) if "sampled" in dists else False
+    return dists["grad_enabled"].fillna(False).astype(bool) & ~sampled
+
+
 def loss_rows(pairs: pd.DataFrame) -> np.ndarray:
     """The ``B`` of each update row's mean-reduced loss: its log_prob call's rows (``call_rows``)
     times the backward passes that fed the same optimizer step from that actor and head. One pass

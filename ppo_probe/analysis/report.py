@@ -14,7 +14,7 @@ import pandas as pd
 from .config import build_thresholds, find_pyproject, read_table
 from .diagnostics import IDS, Context, run_checks
 from .metrics import per_cycle, per_step
-from .pairing import joint_rows
+from .pairing import joint_rows, update_dists
 from .recommend import recommend
 from .run import Run, load
 
@@ -166,7 +166,7 @@ def nothing_to_check(run: Run) -> str | None:
         return None
     # (the schedule always records cycle 0, so it alone never leaves a run without update rows)
     dists, steps = run.dists, run.steps
-    grad_dists = int(dists["grad_enabled"].fillna(False).astype(bool).sum()) if len(dists) else 0
+    grad_dists = int(update_dists(dists).sum()) if len(dists) else 0
     if dists.empty and steps.empty:
         return ("the watch saw no torch.distributions.Categorical and no optimizer step: training "
                 "ran outside the with-block (or in another process), or did not run")
@@ -175,9 +175,9 @@ def nothing_to_check(run: Run) -> str | None:
                 "checks policies that build a Categorical (or a subclass) when sampling and when "
                 "updating")
     if grad_dists == 0:
-        return (f"{len(dists)} Categoricals, all built with grad disabled and {len(steps)} optimizer "
-                "steps: the update does not build a Categorical (log-probs computed by hand, "
-                "e.g. log_softmax and gather, are not seen), or no update ran")
+        return (f"{len(dists)} Categoricals, all built with grad disabled or sampled from, and "
+                f"{len(steps)} optimizer steps: the update does not build a Categorical (log-probs "
+                "computed by hand, e.g. log_softmax and gather, are not seen), or no update ran")
     return (f"{grad_dists} Categoricals built with grad enabled, but log_prob() was never called "
             "on them: the update's log-probs come from elsewhere")
 

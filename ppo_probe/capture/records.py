@@ -56,6 +56,7 @@ class DistRecord:
     gen: Generation
     head: int = 0  # 0, or 1, 2, ... for further Categoricals built from the same forward
     grad_entropy: list[torch.Tensor] | None = None  # made at the first gradient hook
+    sampled: bool = False  # sample() was called on it: a sampling Categorical, whatever the grad mode
 
 
 @dataclass(eq=False, slots=True)
@@ -192,6 +193,7 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
         "cycle": [d.cycle for d in dists],
         "seq": [d.seq for d in dists],
         "grad_enabled": [d.grad_enabled for d in dists],
+        "sampled": [d.sampled for d in dists],
         "actor": [d.actor for d in dists],
         "entry": [d.entry for d in dists],
         "head": [d.head for d in dists],

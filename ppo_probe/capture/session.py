@@ -294,8 +294,11 @@ class Session:
         if self.skipping and self.steps_in_cycle == 0:
             return  # a skipped cycle's sampling phase: the cheapest path
         try:
-            if torch.is_grad_enabled():
-                return
+            # sample() marks a sampling Categorical, also one built with grad enabled (a rollout
+            # without torch.no_grad(), its old log-probs detached afterwards)
+            record = self._record_of(dist)
+            if record is not None:
+                record.sampled = True
             self.seen_sample = True
             if self.steps_in_cycle > 0:
                 self._new_cycle(dist)
@@ -323,7 +326,7 @@ class Session:
             self.counts["untracked_log_prob_calls"] += 1
             return
         grad = torch.is_grad_enabled()
-        if grad:
+        if grad and not record.sampled:
             phase = "update"
         else:
             if self.steps_in_cycle > 0 and not self.seen_sample:

@@ -35,6 +35,7 @@ DISTS = pa.schema(
         ("cycle", pa.int32()),
         ("seq", pa.int32()),
         ("grad_enabled", pa.bool_()),
+        ("sampled", pa.bool_()),  # sample() was called on it (v3): a sampling one in any grad mode
         ("actor", pa.string()),
         ("entry", pa.string()),  # module whose input was fingerprinted; null if none
         ("head", pa.int16()),  # 0, or k for the k-th further Categorical of one forward (v2)
@@ -94,7 +95,7 @@ LAYERS = pa.schema(
 #: forward; no non-finite rows counted; backward pass unknown).
 ADDED_COLUMNS: dict[tuple[str, str], int | None] = {
     ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
-    ("samples", "grad_pass"): None,
+    ("samples", "grad_pass"): None, ("dists", "sampled"): None,
 }
 
 TABLES: dict[str, pa.Schema] = {
