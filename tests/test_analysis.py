@@ -199,7 +199,7 @@ def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
 
 
 def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: bool = True,
-             update_by_hand: bool = False, sample_by_hand: bool = False):
+             update_by_hand: bool = False, sample_by_hand: bool = False, **schedule: int):
     """A 2-action PPO loop on a linear policy, 64 rows, 2 steps a cycle, with one of the ways a
     trainer can leave the probe without its usual facts: no old log-prob stored at sampling, a
     rollout with grad enabled (actions from ``dist.sample()`` or drawn by hand), or update
@@ -207,7 +207,7 @@ def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: b
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
     optim = torch.optim.Adam(net.parameters(), lr=1e-3)
-    with ppo_probe.watch(net, optim, out=tmp_path / "run") as w:
+    with ppo_probe.watch(net, optim, out=tmp_path / "run", **schedule) as w:
         for _ in range(cycles):
             obs = torch.randn(64, 4)
             with torch.set_grad_enabled(not rollout_no_grad):
@@ -250,6 +250,10 @@ def test_a_rollout_with_grad_enabled_is_read_as_sampling(tmp_path):
     assert (samples["phase"] == "sampling").sum() == 3 * 64 and report.run.pairs["cycle"].nunique() == 3
     assert report.paired_fraction == 1.0 and "unpaired-samples" not in report.ids
     assert report.run.dists["sampled"].sum() == 3 and "logprob-detached" not in report.ids
+    # under a schedule too: the armed phase records the sampled Categorical that opens a cycle
+    scheduled = _odd_run(tmp_path / "scheduled", 7, rollout_no_grad=False, every=3, first_cycles=1)
+    by_cycle = scheduled.run.pairs.groupby("cycle")["paired"].agg(["mean", "size"])
+    assert list(by_cycle.index) == [0, 3, 6] and (by_cycle["mean"] == 1.0).all()
 
 
 def test_a_rollout_with_grad_and_hand_drawn_actions_is_named(tmp_path):

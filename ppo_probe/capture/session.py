@@ -83,6 +83,7 @@ class Session:
         # are kept current, for the next cycle's first step (recording that phase whole and
         # dropping it cost about as much as a recorded cycle: 1.09x plain on the 3x512 MLP)
         self.arming = False
+        self._armed_dist: tuple[weakref.ref, tuple[Any, ...]] | None = None  # see on_dist_init
         self.recorded_cycles = 1
         self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
         self.resume: Any = lambda: None  # re-attach them
@@ -172,9 +173,15 @@ class Session:
     # ---------------------------------------------------------------- Categorical events
 
     def on_dist_init(self, dist: Any, source: Any = None) -> None:
-        if self.skipping or (self.arming and torch.is_grad_enabled()):
+        if self.skipping:
             return
         try:
+            if self.arming and torch.is_grad_enabled():
+                # not recorded (a skipped cycle's update), but it takes its forward's inputs as a
+                # recorded one would; kept aside in case it is sampled from (the next cycle's first)
+                self._armed_dist = (weakref.ref(dist), tuple(self.entries.pending))
+                self.entries.pending.clear()
+                return
             self._record_dist(dist, source if isinstance(source, torch.Tensor) else None)
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
@@ -297,6 +304,14 @@ class Session:
             # sample() marks a sampling Categorical, also one built with grad enabled (a rollout
             # without torch.no_grad(), its old log-probs detached afterwards)
             record = self._record_of(dist)
+            if record is None and self.arming and torch.is_grad_enabled():
+                # the armed phase skips grad-mode constructions (the update's): one sampled from
+                # is the next cycle's first, recorded now with the inputs its construction took
+                kept = self._armed_dist
+                if kept is not None and kept[0]() is dist:
+                    self.entries.pending.extend(kept[1])
+                self._record_dist(dist, None)
+                record = self._record_of(dist)
             if record is not None:
                 record.sampled = True
             self.seen_sample = True
@@ -434,6 +449,7 @@ class Session:
     def _new_cycle(self, dist: Any = None) -> None:
         self.cycle += 1
         self.arming = False
+        self._armed_dist = None
         self.steps_in_cycle = 0
         # Gradients for the previous cycle's log-probs can no longer arrive usefully.
         for handle in self._tensor_hooks:
