@@ -132,7 +132,8 @@ class Watch:
             Categorical patch is off until the cycle's first optimizer step, the optimizer hooks
             only count steps): a skipped CartPole cycle runs within noise of plain
             (benchmarks/cycle_costs.py), where a recorded cycle costs ~23-26% on that tiny MLP;
-            CartPole at CleanRL's length (976 cycles) costs ~1.01x plain under this schedule. A
+            CartPole at CleanRL's length (976 cycles) costs 1.01-1.03x plain under this
+            schedule (benchmarks/run_all.py). A
             Categorical that fails to build (NaN logits) is noted in any cycle (in a skipped
             sampling phase from the traceback of the exception that ends the watch).
         first_cycles: the cycles recorded before the schedule thins out (where most structural

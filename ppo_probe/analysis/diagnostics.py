@@ -335,38 +335,35 @@ def check_unpaired_samples(ctx: Context):
         evidence += "; by rank: " + ", ".join(
             f"rank {r} {m:.1%} of {int(n)}" for r, (m, n) in by_rank[["mean", "size"]].iterrows()
         ) + (f" (below {threshold:.0%}: rank {', '.join(str(r) for r in low.index)})" if len(low) else "")
-    keys = zip(unpaired["rank"].fillna(0).astype(int), unpaired["cycle"].astype(int))
-    unsampled = sum(key not in ctx.sampled_cycles for key in keys)
-    if unsampled == len(unpaired):  # no cycle of theirs holds a sampling row: nothing to pair with
-        n_cycles = int(unpaired["cycle"].nunique())
-        where = "the cycle they fall in holds" if n_cycles == 1 else f"the {n_cycles} cycles they fall in hold"
-        evidence += (f"; {where} no sampling-phase log-prob row (Categorical.log_prob under "
-                     "no_grad) to pair with")
-        # grad-mode log_prob calls no gradient ever reached: a rollout run with grad enabled
-        reached = rows.groupby(["rank", "call_id"], sort=False)["grad_logp"].count()
-        ungraded = reached[reached == 0]
-        if len(ungraded):
-            ungraded_rows = int(rows["call_id"].isin(ungraded.index.get_level_values("call_id")).sum())
-            evidence += (f"; {len(ungraded)} of the {len(reached)} grad-mode log_prob calls "
-                         f"({ungraded_rows} rows) never received a gradient, as a rollout run with "
-                         "grad enabled (its old log-probs detached afterwards) gives")
-            fix = (
-                "Run the rollout under torch.no_grad(): ppo_probe reads the sampling policy from "
-                "log_prob calls made without grad, and the rollout then builds no autograd graph "
-                "per env step."
-            )
-        else:
-            fix = (
-                "Store the old log-probs at sampling from the Categorical you sampled from "
-                "(dist.log_prob(action) under torch.no_grad()), as PPO's ratio needs; update rows "
-                "are paired with those rows."
-            )
-    else:
-        fix = (
-            "Feed the update the exact observations stored at sampling (no re-normalization, "
-            "re-encoding or augmentation in between), with the actions that were sampled."
-        )
-    return evidence, fix, _first_step(unpaired["step"]), _cycles(unpaired["cycle"])
+    cause, fix = _nothing_sampled(ctx, rows, unpaired)
+    return evidence + cause, fix, _first_step(unpaired["step"]), _cycles(unpaired["cycle"])
+
+
+def _nothing_sampled(ctx: Context, rows: pd.DataFrame, unpaired: pd.DataFrame) -> tuple[str, str]:
+    """unpaired-samples' further evidence and fix: the cause when no cycle of the unpaired rows
+    holds a sampling row at all (nothing to pair with), else the inputs' fix."""
+    cycles = pd.MultiIndex.from_arrays([unpaired["rank"].fillna(0).astype(int), unpaired["cycle"].astype(int)])
+    if cycles.isin(list(ctx.sampled_cycles)).any():
+        return "", ("Feed the update the exact observations stored at sampling (no re-normalization, "
+                    "re-encoding or augmentation in between), with the actions that were sampled.")
+    n_cycles = int(unpaired["cycle"].nunique())
+    where = "the cycle they fall in holds" if n_cycles == 1 else f"the {n_cycles} cycles they fall in hold"
+    cause = f"; {where} no sampling-phase log-prob row (Categorical.log_prob under no_grad) to pair with"
+    # grad-mode log_prob calls no gradient ever reached: a rollout run with grad enabled
+    reached = rows.groupby(["rank", "call_id"], sort=False)["grad_logp"].count()
+    ungraded = reached[reached == 0]
+    if not len(ungraded):
+        return cause, ("Store the old log-probs at sampling from the Categorical you sampled from "
+                       "(dist.log_prob(action) under torch.no_grad()), as PPO's ratio needs; update "
+                       "rows are paired with those rows.")
+    ungraded_rows = int(rows["call_id"].isin(ungraded.index.get_level_values("call_id")).sum())
+    cause += (f"; {len(ungraded)} of the {len(reached)} grad-mode log_prob calls ({ungraded_rows} "
+              "rows) never received a gradient, as a rollout run with grad enabled and actions not "
+              "drawn by dist.sample() gives")
+    return cause, ("Run the rollout under torch.no_grad() (or draw its actions with dist.sample()): "
+                   "ppo_probe reads the sampling policy from log_prob calls made without grad or on "
+                   "a Categorical sampled from, and the rollout then builds no autograd graph per "
+                   "env step.")
 
 
 @diagnostic("advantages-misaligned", "error", "Advantages are not attached to their own samples")

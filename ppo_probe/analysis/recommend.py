@@ -13,6 +13,7 @@ from .config import Thresholds
 
 _ADAPTIVE = {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta"}
 LR_MULTIPLIER_RANGE = (0.01, 100.0)
+LR_VARIED = 1.2  # lrs count as different (a schedule, a fit over cycles, two runs) at max >= this x min
 # KL ~ lr^P_BELOW below the clip knee and ~ lr^P_ABOVE above it; above the knee the clip stops
 # the gradient of the rows that moved furthest, so the KL responds far less to the lr. 2 is the
 # textbook local slope (step ~ lr); 0.7 is the midpoint of the slopes above the knee first
@@ -78,7 +79,7 @@ def fit_exponent(per_cycle: pd.DataFrame) -> tuple[float, int]:
     returns (nan, 0) when it cannot be fitted."""
     pc = per_cycle[["lr", "kl_k3"]].astype(float).dropna()
     pc = pc[(pc["lr"] > 0) & (pc["kl_k3"] > 0)]
-    if len(pc) < 3 or pc["lr"].max() < 1.2 * pc["lr"].min():
+    if len(pc) < 3 or pc["lr"].max() < LR_VARIED * pc["lr"].min():
         return float("nan"), 0
     slope = float(np.polyfit(np.log(pc["lr"]), np.log(pc["kl_k3"]), 1)[0])
     return float(np.clip(slope, 0.5, 4.0)), len(pc)
@@ -119,7 +120,7 @@ def two_run_exponent(lr: float, kl: float, previous: tuple[float, float] | None)
         return float("nan")
     lr0, kl0 = previous
     values = np.array([lr, kl, lr0, kl0], dtype=float)
-    if not (np.isfinite(values).all() and (values > 0).all()) or max(lr, lr0) < 1.2 * min(lr, lr0):
+    if not (np.isfinite(values).all() and (values > 0).all()) or max(lr, lr0) < LR_VARIED * min(lr, lr0):
         return float("nan")
     return float(np.clip(math.log(kl / kl0) / math.log(lr / lr0), TWO_RUN_P_RANGE[0], TWO_RUN_P_RANGE[1]))
 
@@ -144,7 +145,7 @@ def recommend(
     lrs = lrs[np.isfinite(lrs)]
     # An lr schedule (CleanRL's anneal_lr, warm-up, decay): the multiplier scales the whole
     # schedule, so it is quoted against the schedule's peak, the lr a user configures.
-    scheduled = len(lrs) >= 2 and float(lrs.max()) > 1.2 * float(lrs.min())
+    scheduled = len(lrs) >= 2 and float(lrs.max()) > LR_VARIED * float(lrs.min())
     lr_now = float(lrs.max()) if scheduled else (float(lrs.iloc[-1]) if len(lrs) else float("nan"))
     knee = clip_knee(clip_coef)
     p, fitted_on = fit_exponent(per_cycle)
@@ -186,11 +187,11 @@ def recommend(
     sentences = [
         f"median per-cycle KL (k3, last epoch) {kl:.3g} over {len(pc)} cycles vs target "
         f"{t.target_kl}; {model}: lr x {multiplier:.3g}{clamp}"
-        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g})" if np.isfinite(lr_now) and not scheduled else "")
-        + (f" = {lr_now * multiplier:.3g} (from {lr_now:.3g}, the peak of this run's lr schedule, which "
-           f"went from {float(lrs.iloc[0]):.3g} to {float(lrs.iloc[-1]):.3g}: scale the whole schedule "
-           f"by {multiplier:.3g})" if scheduled else "")
     ]
+    if np.isfinite(lr_now):
+        peak = (f", the peak of this run's lr schedule, which went from {float(lrs.iloc[0]):.3g} to "
+                f"{float(lrs.iloc[-1]):.3g}: scale the whole schedule by {multiplier:.3g}") if scheduled else ""
+        sentences[0] += f" = {lr_now * multiplier:.3g} (from {lr_now:.3g}{peak})"
     if len(adv_std):
         sentences.append(f"adv_eff median std {adv_std.median():.3g} over {len(adv_std)} steps: "
                          f"advantage scale x {adv_scale:.3g} gives unit std")

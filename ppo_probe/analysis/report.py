@@ -314,7 +314,8 @@ def analyze(
     steps_table = per_step(joint, run.dists, run.steps, eps)
     cycles = per_cycle(steps_table, joint)
     sampling = run.samples[run.samples["phase"] == "sampling"]
-    sampled = frozenset(zip(sampling["rank"].fillna(0).astype(int), sampling["cycle"].astype(int)))
+    keys = sampling[["rank", "cycle"]].fillna({"rank": 0}).drop_duplicates()
+    sampled = frozenset(zip(keys["rank"].astype(int), keys["cycle"].astype(int)))
     ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps,
                   sampled_cycles=sampled)
     findings = run_checks(ctx)
