@@ -13,10 +13,13 @@ The protocol: seeds 0-5 were used to choose the model (benchmarks/kl_vs_lr.py's 
 benchmark's reruns with --seeds 0 1 2 3 4 5, which compared P_ABOVE 0.7 with 0.64); seeds 6-9,
 the default, were held out and run once with the model as it stands; seeds 10-13 and 14-17
 were then run once each as fresh held-out seeds for the two-run protocol's slope floor and step
-cap (README has all three; the next evaluation needs seeds 18 and up). Held out in seed, not in
-task: the curves came from the same three tasks. About 1 minute per seed here.
+cap (README has all three). Held out in seed, not in task: the curves came from the same three
+tasks. For seeds 18-21 two tasks were added first, Stable-Baselines3's PPO with its defaults on
+CartPole and Acrobot (NEW_TASKS: another trainer, another update schedule, never seen by the
+model), and the five were run once with the model as it stands. About 1 minute per seed for the
+three first tasks here, 4 for the two SB3 ones (OMP_NUM_THREADS=1).
 
-Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9]
+Usage: python benchmarks/recommend.py [--target-kl 0.02] [--seeds 6 7 8 9] [--tasks CleanRL bandit SB3]
 """
 
 from __future__ import annotations
@@ -62,9 +65,30 @@ def run_bandit(lr: float, seed: int, out: Path) -> Path:
     return w.path
 
 
-TASKS = {"cartpole (CleanRL-style, Adam)": (run_cartpole, [1e-4, 3e-4, 1e-3]),
-         "acrobot (CleanRL-style, Adam)": (run_acrobot, [1e-4, 3e-4, 1e-3]),
-         "bandit (Adam)": (run_bandit, [1e-4, 3e-4, 1e-3])}
+def run_sb3(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1") -> Path:
+    """Stable-Baselines3's PPO with its defaults (n_steps 2048, 10 epochs of minibatch 64, Adam),
+    8 cycles: a trainer no one here wrote, with another update schedule than CleanRL's."""
+    import stable_baselines3 as sb3
+
+    model = sb3.PPO("MlpPolicy", env_id, learning_rate=lr, seed=seed, device="cpu")
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, every=1) as w:
+        model.learn(8 * 2048)
+    return w.path
+
+
+def run_sb3_acrobot(lr: float, seed: int, out: Path) -> Path:
+    return run_sb3(lr, seed, out, env_id="Acrobot-v1")
+
+
+LRS = [1e-4, 3e-4, 1e-3]
+# the three tasks the model was chosen on (benchmarks/kl_vs_lr.py and recommend_residuals.py use these)
+TASKS = {"cartpole (CleanRL-style, Adam)": (run_cartpole, LRS),
+         "acrobot (CleanRL-style, Adam)": (run_acrobot, LRS),
+         "bandit (Adam)": (run_bandit, LRS)}
+# added for seeds 18 and up, chosen before any of their runs: held out in task as well as in seed
+NEW_TASKS = {"cartpole (SB3 PPO defaults)": (run_sb3, LRS),
+             "acrobot (SB3 PPO defaults)": (run_sb3_acrobot, LRS)}
+ALL_TASKS = {**TASKS, **NEW_TASKS}
 
 
 def kl_of(path: Path, target: float) -> tuple[float, dict]:
@@ -77,12 +101,19 @@ def main() -> None:
     parser.add_argument("--target-kl", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, nargs="+", default=[6, 7, 8, 9],
                         help="default 6 7 8 9, held out: the model was chosen on seeds 0-5")
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="WORD",
+                        help="only the tasks whose name holds one of these words (e.g. CleanRL, SB3, "
+                             "bandit); default: all five")
     args = parser.parse_args()
+    tasks = {name: spec for name, spec in ALL_TASKS.items()
+             if args.tasks is None or any(word.lower() in name.lower() for word in args.tasks)}
+    if not tasks:
+        parser.error(f"no task matches {args.tasks}; tasks: {', '.join(ALL_TASKS)}")
     target = args.target_kl
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for task, (run, lrs) in TASKS.items():
+            for task, (run, lrs) in tasks.items():
                 for i, lr in enumerate(lrs):
                     base = Path(tmp) / f"{run.__name__}-{seed}-{i}"
                     first = run(lr, seed, base)
@@ -105,6 +136,12 @@ def main() -> None:
         print(f"| {task} | {seed} | {lr:.3g} | {kl0:.3g} | {lr1:.3g} | {kl1:.3g} | {'yes' if inside(kl1) else 'no'} "
               f"| {lr2:.3g} | {kl2:.3g} | {'yes' if inside(kl2) else 'no'} "
               f"| {lr3:.3g} | {kl3:.3g} | {'yes' if inside(kl3) else 'no'} |")
+    print("| task | recommended lr on target | rl_games' rule | two-run lr |")
+    print("|---|---|---|---|")
+    for task in tasks:
+        mine = [r for r in rows if r[0] == task]
+        print(f"| {task} | {sum(inside(r[5]) for r in mine)}/{len(mine)} | "
+              f"{sum(inside(r[7]) for r in mine)}/{len(mine)} | {sum(inside(r[9]) for r in mine)}/{len(mine)} |")
     ours = sum(inside(r[5]) for r in rows)
     theirs = sum(inside(r[7]) for r in rows)
     two = sum(inside(r[9]) for r in rows)
