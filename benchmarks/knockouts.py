@@ -18,7 +18,7 @@ alternated in this one process, order rotated each repeat:
 The ratios are diagnostics for where to look, not a valid run's cost: a knocked-out run writes
 less or nothing. Prints the median ratio to plain and its quartiles per variant.
 
-Usage: python benchmarks/knockouts.py [--case mlp512|cartpole] [--repeats 10]
+Usage: python benchmarks/knockouts.py [--case mlp512|cartpole] [--repeats 10] [--variants "no writer" ...]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=("mlp512", "cartpole"), default="mlp512")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", choices=list(KNOCKOUTS), default=list(KNOCKOUTS),
+                        help="the knock-outs to run beside plain and watched (default: all)")
     args = parser.parse_args()
     if args.case == "cartpole":
         run, size = cartpole_runner(), 8192
@@ -83,7 +85,7 @@ def main() -> None:
             for owner, name, original in saved:
                 setattr(owner, name, original)
 
-    variants = ["plain", "watched", *KNOCKOUTS]
+    variants = ["plain", "watched", *args.variants]
     for v in variants:
         timed(v, "warm")
     times: dict[str, list[float]] = {v: [] for v in variants}
