@@ -251,9 +251,18 @@ class Watch:
 
             session.suspend, session.resume = suspend, resume
             session.quiet = lambda quiet: categorical.set_quiet(session, quiet)
-        except BaseException:
-            stack.close()
-            raise
+        except BaseException as exc:
+            try:
+                stack.close()  # every hook and patch attached so far comes off (invariant 2)
+            except Exception:  # noqa: BLE001 - the attach failure is the one to report
+                pass
+            if self.settings.strict or not isinstance(exc, Exception):
+                raise
+            # A probe that cannot attach must not stop the training (DESIGN invariant 1).
+            _warn(f"ppo_probe: the watch could not attach ({type(exc).__name__}: {exc}); training "
+                  "continues unrecorded")
+            self.recording = False
+            return self
         self._stack = stack
         return self
 
@@ -398,7 +407,8 @@ class Watch:
     def _end_meta(self, session: Session, writer: RunWriter) -> dict[str, Any]:
         optimizers = []
         in_optimizer: dict[int, tuple[int, int, Any]] = {}
-        for index, ref in enumerate(self._recorder.optimizers):
+        recorder = getattr(self, "_recorder", None)  # absent when attaching failed half-way
+        for index, ref in enumerate(recorder.optimizers if recorder is not None else []):
             opt = ref()
             if opt is None:
                 continue

@@ -130,6 +130,33 @@ def test_strict_reraises_probe_failures(tmp_path, monkeypatch):
     _assert_no_trace([actor], optim)
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_watch_that_cannot_attach_leaves_training_alone(tmp_path, monkeypatch, strict):
+    """A failure while attaching (here: the optimizer hooks, after the Categorical patch and the
+    forward hooks are on) takes off what was attached and, unless strict, lets the body run
+    unrecorded with one warning; strict re-raises the failure itself, not a follow-up error."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected attach failure")
+
+    monkeypatch.setattr(ppo_probe.watch, "_attach_optimizers", broken)  # ppo_probe.watch: the class
+    cfg, reference, reference_optim = _bandit()
+    train_bandit(cfg, {"a": reference}, reference_optim)
+    cfg, actor, optim = _bandit()
+    if strict:
+        with pytest.raises(RuntimeError, match="injected attach failure"):
+            with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True):
+                pass
+    else:
+        with pytest.warns(RuntimeWarning, match="could not attach .*injected attach failure"):
+            with ppo_probe.watch(actor, optim, out=tmp_path / "run") as w:
+                _assert_no_trace([actor], optim)  # already off inside the body
+                train_bandit(cfg, {"a": actor}, optim)
+        assert w.recording is False
+        for p, q in zip(actor.parameters(), reference.parameters()):
+            assert torch.equal(p, q)
+    _assert_no_trace([actor], optim)
+
+
 @pytest.mark.parametrize(
     "explicit, timesteps, schedule",
     [(True, 1024, {}), (False, 1024, {}),
