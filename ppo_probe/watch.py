@@ -446,7 +446,7 @@ class Watch:
             "finished": time.time(),
             "optimizers": optimizers,
             "actor_params": actor_params,
-            "counts": dict(session.counts),
+            "counts": {**session.counts, "compiled_forwards_seen": int(session.entries.compiled)},
             "cycles": session.cycle + 1 if session.counts["dists"] else 0,
             "recorded_cycles": session.recorded_cycles if session.counts["dists"] else 0,
             "rows_written": dict(writer.rows_written),

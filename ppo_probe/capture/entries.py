@@ -12,6 +12,20 @@ from typing import Any
 import torch
 from torch import nn
 
+# torch.compile traces module hooks into its graph. Traced, the hooks' bookkeeping would make
+# Dynamo guard on the tracker's state and recompile on every call, so under compile they run
+# eagerly at a graph break instead. (torch.compiler.is_compiling: torch >= 2.3; before it, the
+# hooks are traced as before.)
+_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def _run_eagerly(tracker: EntryTracker, fn: Callable[..., None], *args: Any) -> None:
+    tracker.compiled = True
+    fn(*args)
+
+
+_eagerly = torch.compiler.disable(_run_eagerly, recursive=True)
+
 
 @dataclass(slots=True)
 class Entry:
@@ -88,11 +102,14 @@ class EntryTracker:
         # "Sequential#1", ...), so that an actor and a critic of one class get different names
         self.roots: dict[int, tuple[weakref.ref, str]] = {}
         self._label_counts: dict[str, int] = {}
+        # a watched module ran under torch.compile: a Categorical built inside compiled code is
+        # invisible to the probe (its forward's input is still recorded, eagerly)
+        self.compiled = False
 
     def hooks_for(self, actor: str, module: nn.Module, name: str) -> tuple[Callable, Callable]:
         """Forward pre/post hooks for one module of actor ``actor``."""
 
-        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        def enter(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             try:
                 if self.depth == 0 or self._tensorless:
                     self._enter(actor, name, first_tensor(args, kwargs), args)
@@ -100,12 +117,24 @@ class EntryTracker:
                 self._on_error("forward hook", exc)
             self.depth += 1
 
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if _is_compiling():
+                _eagerly(self, enter, mod, args, kwargs)
+            else:
+                enter(mod, args, kwargs)
+
         return pre, self._post
 
     def global_hooks(self) -> tuple[Callable, Callable]:
         """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
 
         def pre(mod: nn.Module, args: tuple) -> None:
+            if _is_compiling():
+                _eagerly(self, enter, mod, args)
+            else:
+                enter(mod, args)
+
+        def enter(mod: nn.Module, args: tuple) -> None:
             try:
                 if self.depth == 0:
                     self._enter("auto", self._root_label(mod), first_tensor(args), args)
@@ -120,6 +149,12 @@ class EntryTracker:
         return pre, self._post
 
     def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
+        if _is_compiling():
+            _eagerly(self, self._leave, mod, args, output)
+        else:
+            self._leave(mod, args, output)
+
+    def _leave(self, mod: nn.Module, args: tuple, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
         if self.depth == 0:
             if self._open is not None:

@@ -1,0 +1,110 @@
+"""An actor under torch.compile: the probe cannot see compiled code, and says so instead of
+reporting a run that holds nothing as if the trainer built no Categorical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+import ppo_probe
+
+if not hasattr(torch.compiler, "is_compiling"):  # torch < 2.3: compiled hooks go unnoticed
+    pytest.skip("torch.compiler.is_compiling needs torch >= 2.3", allow_module_level=True)
+
+
+class Agent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 3))
+
+    def forward(self, obs, action=None):
+        dist = Categorical(logits=self.net(obs))
+        if action is None:
+            action = dist.sample()
+        return action, dist.log_prob(action), dist.entropy()
+
+
+def _train(policy, optimizer, cycles=3):
+    """A small PPO loop calling ``policy`` (compiled or not): 16 rollout steps of 8 envs, 2 epochs."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(cycles):
+        obs, actions, old = [], [], []
+        with torch.no_grad():
+            for _ in range(16):
+                o = torch.randn(8, 4, generator=gen)
+                a, lp, _ = policy(o)
+                obs.append(o), actions.append(a), old.append(lp)
+        o, a, old_lp = torch.cat(obs), torch.cat(actions), torch.cat(old)
+        adv = torch.randn(len(o), generator=gen)
+        for _ in range(2):
+            _, lp, ent = policy(o, a)
+            ratio = (lp - old_lp).exp()
+            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean() - 0.01 * ent.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def _compiled_run(tmp_path, watched, cycles=3):
+    """Train a compiled agent; returns it and the run's path."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    policy = torch.compile(agent, backend="eager")  # Dynamo traces; no C++ compiler needed
+    if watched:
+        with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True) as w:
+            _train(policy, optimizer, cycles)
+    else:
+        _train(policy, optimizer, cycles)
+    return agent, (w.path if watched else None)
+
+
+@pytest.fixture
+def validation(monkeypatch):
+    """Set torch.distributions' argument validation for one test (the first torch.compile of a
+    process turns it off for good; validated, a Categorical is a graph break, built eagerly)."""
+    from torch.distributions import Distribution
+
+    monkeypatch.setattr(Distribution, "_validate_args", Distribution._validate_args)
+    torch.compile(lambda x: x + 1, backend="eager")(torch.zeros(1))  # that first compile, now
+    return Distribution.set_default_validate_args
+
+
+def test_categorical_traced_by_dynamo_is_named_not_passed_as_ok(tmp_path, validation):
+    validation(False)  # as torch.compile leaves it: the Categorical is traced into the graph
+    _, path = _compiled_run(tmp_path, watched=True)
+    report = ppo_probe.analyze(path)
+    assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
+    assert len(report.run.dists) == 0
+    assert "torch.compile" in (report.nothing_to_check or "")
+
+
+def test_categorical_at_a_graph_break_is_recorded(tmp_path, validation):
+    validation(True)
+    _, path = _compiled_run(tmp_path, watched=True)
+    report = ppo_probe.analyze(path)
+    assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
+    assert report.nothing_to_check is None and report.run.paired_fraction == 1.0
+
+
+def test_compiled_actor_trains_as_without_the_watch(tmp_path):
+    watched, _ = _compiled_run(tmp_path, watched=True)
+    plain, _ = _compiled_run(tmp_path / "plain", watched=False)
+    for p, q in zip(watched.parameters(), plain.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_same_trainer_uncompiled_is_recorded(tmp_path):
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True) as w:
+        _train(agent, optimizer)
+    report = ppo_probe.analyze(w.path)
+    assert report.run.meta["counts"]["compiled_forwards_seen"] == 0
+    assert report.nothing_to_check is None
+    assert "probe-degraded" not in set(report.diagnostics["id"])
+    assert report.per_cycle["match_rate"].min() == 1.0
