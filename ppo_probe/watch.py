@@ -22,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .capture import categorical
+from .capture.dynamo import eagerly, is_compiling
 from .capture.handles import Handle
 from .capture.optim import StepRecorder
 from .capture.session import Session, Settings
@@ -318,7 +319,8 @@ class Watch:
             if not (session.skipping or session.arming):  # such steps: counted by the post hook only
                 guarded_pre(*args)
 
-        post = _guarded(session, "optimizer post-step hook", recorder.post)
+        post = _outside_dynamo(_guarded(session, "optimizer post-step hook", recorder.post))
+        pre = _outside_dynamo(pre)
         if not self.optimizers:
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
             stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(post))
@@ -497,6 +499,19 @@ def _guarded(session: Session, place: str, fn: Any) -> Any:
             fn(*args)
         except Exception as exc:  # noqa: BLE001
             session.fail(place, exc)
+
+    return hook
+
+
+def _outside_dynamo(fn: Any) -> Any:
+    """``fn`` as a hook that Dynamo does not trace: a compiled ``optimizer.step()`` runs its hooks
+    eagerly, at a graph break (traced, the session's state became guards and its untraceable calls
+    graph breaks with warnings)."""
+    def hook(*args: Any) -> None:
+        if is_compiling():
+            eagerly(fn, *args)
+        else:
+            fn(*args)
 
     return hook
 

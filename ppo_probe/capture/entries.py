@@ -12,19 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# torch.compile traces module hooks into its graph. Traced, the hooks' bookkeeping would make
-# Dynamo guard on the tracker's state and recompile on every call, so under compile they run
-# eagerly at a graph break instead. (torch.compiler.is_compiling: torch >= 2.3; before it, the
-# hooks are traced as before.)
-_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
-
-
-def _run_eagerly(tracker: EntryTracker, fn: Callable[..., None], *args: Any) -> None:
-    tracker.compiled = True
-    fn(*args)
-
-
-_eagerly = torch.compiler.disable(_run_eagerly, recursive=True)
+from .dynamo import eagerly, is_compiling
 
 
 @dataclass(slots=True)
@@ -118,8 +106,8 @@ class EntryTracker:
             self.depth += 1
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            if _is_compiling():
-                _eagerly(self, enter, mod, args, kwargs)
+            if is_compiling():
+                eagerly(self._compiled, enter, mod, args, kwargs)
             else:
                 enter(mod, args, kwargs)
 
@@ -129,8 +117,8 @@ class EntryTracker:
         """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
 
         def pre(mod: nn.Module, args: tuple) -> None:
-            if _is_compiling():
-                _eagerly(self, enter, mod, args)
+            if is_compiling():
+                eagerly(self._compiled, enter, mod, args)
             else:
                 enter(mod, args)
 
@@ -148,9 +136,14 @@ class EntryTracker:
 
         return pre, self._post
 
+    def _compiled(self, hook: Callable[..., None], *args: Any) -> None:
+        """Run ``hook`` for a call that Dynamo traces (see .dynamo), and note that it happened."""
+        self.compiled = True
+        hook(*args)
+
     def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
-        if _is_compiling():
-            _eagerly(self, self._leave, mod, args, output)
+        if is_compiling():
+            eagerly(self._compiled, self._leave, mod, args, output)
         else:
             self._leave(mod, args, output)
 
