@@ -22,7 +22,7 @@ from torch import nn
 
 from . import __version__
 from .capture import categorical
-from .capture.dynamo import eagerly, is_compiling
+from .capture import dynamo
 from .capture.handles import Handle
 from .capture.optim import StepRecorder
 from .capture.session import Session, Settings
@@ -231,6 +231,7 @@ class Watch:
             self.recording = False
             return self
         stack = ExitStack()
+        dynamo.prepare()  # a torch.compile made before the watch loaded Dynamo
         try:
             writer = RunWriter(self.path, rank, self._writer_failed)
             self._writer = writer
@@ -508,8 +509,8 @@ def _outside_dynamo(fn: Any) -> Any:
     eagerly, at a graph break (traced, the session's state became guards and its untraceable calls
     graph breaks with warnings)."""
     def hook(*args: Any) -> None:
-        if is_compiling():
-            eagerly(fn, *args)
+        if dynamo.eagerly is not None and dynamo.is_compiling():
+            dynamo.eagerly(fn, *args)
         else:
             fn(*args)
 

@@ -139,3 +139,13 @@ def test_a_compiled_optimizer_step_is_measured_as_an_eager_one(tmp_path):
     assert (run.steps["delta_norm"] > 0).all()  # each step measured: the snapshots were taken
     # the step hooks run eagerly: Dynamo has nothing of the probe's to warn about
     assert [m for m in messages if "Dynamo" in m] == [m for m in plain_messages if "Dynamo" in m]
+
+
+def test_importing_ppo_probe_does_not_load_dynamo():
+    """torch._dynamo takes about a second to import: only a torch.compile should load it."""
+    import subprocess
+    import sys
+
+    code = "import sys, ppo_probe; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

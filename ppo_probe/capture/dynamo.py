@@ -2,11 +2,15 @@
 
 Traced, a hook's state becomes guards (Dynamo recompiles as it changes) and its untraceable calls
 become graph breaks with warnings in the user's log. Under compile a hook therefore hands its work
-to :func:`eagerly`, which Dynamo runs as it is, at a graph break.
+to :data:`eagerly`, which Dynamo runs as it is, at a graph break.
+
+``eagerly`` needs torch._dynamo, which takes about a second to import: it is made by
+:func:`prepare` once Dynamo is loaded (torch.compile loads it), never by importing ppo_probe.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +19,17 @@ import torch
 #: True while Dynamo traces (torch >= 2.3; before it, hooks are traced as plain code).
 is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 
+#: ``eagerly(fn, *args)`` calls ``fn(*args)``, never traced (nor anything it calls); None until
+#: :func:`prepare` finds Dynamo loaded (until then a compiled hook is traced as plain code).
+eagerly: Callable[..., Any] | None = None
+
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-#: ``eagerly(fn, *args)`` calls ``fn(*args)``, never traced (nor anything it calls).
-eagerly: Callable[..., Any] = torch.compiler.disable(_call, recursive=True)
+def prepare() -> None:
+    """Make :data:`eagerly` if Dynamo is loaded (cheap otherwise: one dict lookup)."""
+    global eagerly
+    if eagerly is None and "torch._dynamo" in sys.modules and not is_compiling():
+        eagerly = torch.compiler.disable(_call, recursive=True)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dynamo import eagerly, is_compiling
+from . import dynamo
 
 
 @dataclass(slots=True)
@@ -106,8 +106,8 @@ class EntryTracker:
             self.depth += 1
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            if is_compiling():
-                eagerly(self._compiled, enter, mod, args, kwargs)
+            if dynamo.eagerly is not None and dynamo.is_compiling():
+                dynamo.eagerly(self._compiled, enter, mod, args, kwargs)
             else:
                 enter(mod, args, kwargs)
 
@@ -117,8 +117,8 @@ class EntryTracker:
         """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
 
         def pre(mod: nn.Module, args: tuple) -> None:
-            if is_compiling():
-                eagerly(self._compiled, enter, mod, args)
+            if dynamo.eagerly is not None and dynamo.is_compiling():
+                dynamo.eagerly(self._compiled, enter, mod, args)
             else:
                 enter(mod, args)
 
@@ -142,8 +142,8 @@ class EntryTracker:
         hook(*args)
 
     def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
-        if is_compiling():
-            eagerly(self._compiled, self._leave, mod, args, output)
+        if dynamo.eagerly is not None and dynamo.is_compiling():
+            dynamo.eagerly(self._compiled, self._leave, mod, args, output)
         else:
             self._leave(mod, args, output)
 

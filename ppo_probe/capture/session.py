@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import dynamo
 from .entries import EntryTracker
 from .graph import graph_leaves
 from .records import CallRecord, DistRecord, Generation, StepRecord, dist_columns
@@ -448,6 +449,7 @@ class Session:
 
     def _new_cycle(self, dist: Any = None) -> None:
         self.cycle += 1
+        dynamo.prepare()  # torch.compile may have loaded Dynamo since the watch began
         self.arming = False
         self._armed_dist = None
         self.steps_in_cycle = 0
