@@ -1,10 +1,11 @@
-"""torch.compile: a compiled actor (the probe cannot see a Categorical traced into the graph, and
-says so instead of reporting a run that holds nothing as if the trainer built no Categorical) and
-a compiled optimizer.step() (measured as an eager one)."""
+"""torch.compile: a compiled actor (its Categoricals are built eagerly, at a graph break, and
+recorded; were Dynamo to trace through the patch, the run would say torch.compile instead of
+passing as one with no Categorical) and a compiled optimizer.step() (measured as an eager one)."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,8 +77,22 @@ def validation(monkeypatch):
     return Distribution.set_default_validate_args
 
 
-def test_categorical_traced_by_dynamo_is_named_not_passed_as_ok(tmp_path, validation):
-    validation(False)  # as torch.compile leaves it: the Categorical is traced into the graph
+def test_categorical_built_in_compiled_code_is_recorded(tmp_path, validation):
+    validation(False)  # as torch.compile leaves it: Dynamo would trace the Categorical into the graph
+    _, path = _compiled_run(tmp_path, watched=True)
+    report = ppo_probe.analyze(path)
+    assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
+    assert len(report.run.dists) == 54  # 3 cycles x (16 rollout steps + 2 epochs)
+    assert report.nothing_to_check is None and report.run.paired_fraction == 1.0
+
+
+def test_a_categorical_dynamo_looks_through_is_named(tmp_path, validation, monkeypatch):
+    """Without the patch's graph break (as on a Dynamo that traced through it), the Categorical
+    is invisible: the run says torch.compile instead of passing as one with no Categorical."""
+    from ppo_probe.capture import categorical
+
+    monkeypatch.setattr(categorical, "_breaking_under_compile", lambda original: original)
+    validation(False)
     _, path = _compiled_run(tmp_path, watched=True)
     report = ppo_probe.analyze(path)
     assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
@@ -149,3 +164,29 @@ def test_importing_ppo_probe_does_not_load_dynamo():
     code = "import sys, ppo_probe; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_compile_made_inside_the_watch(tmp_path):
+    """torch.compile first called inside the watch, in a process without Dynamo loaded before:
+    the patch went in without its graph breaks, yet (torch 2.13) every Categorical is still
+    recorded, and the compile is noted."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import ppo_probe\n"
+        "from test_compile import Agent, _train\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "torch.manual_seed(0)\n"
+        "agent = Agent()\n"
+        "optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)\n"
+        f"with ppo_probe.watch(agent, optimizer, out={str(tmp_path / 'run')!r}, strict=True):\n"
+        "    _train(torch.compile(agent, backend='eager'), optimizer)\n"
+    )
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+    report = ppo_probe.analyze(tmp_path / "run")
+    assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
+    assert len(report.run.dists) == 54 and report.run.paired_fraction == 1.0

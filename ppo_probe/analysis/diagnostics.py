@@ -337,8 +337,8 @@ def check_unpaired_samples(ctx: Context):
         ) + (f" (below {threshold:.0%}: rank {', '.join(str(r) for r in low.index)})" if len(low) else "")
     cause, fix = _nothing_sampled(ctx, rows, unpaired)
     if counts.get("compiled_forwards_seen"):
-        cause += ("; watched modules ran under torch.compile, and a Categorical built inside "
-                  "compiled code is not recorded")
+        cause += ("; watched modules ran under torch.compile, and a Categorical that Dynamo "
+                  "traced into its graph is not recorded")
         fix += " If the sampling policy is compiled, watch the trainer without torch.compile."
     return evidence + cause, fix, _first_step(unpaired["step"]), _cycles(unpaired["cycle"])
 

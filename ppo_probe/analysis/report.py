@@ -168,8 +168,8 @@ def nothing_to_check(run: Run) -> str | None:
     dists, steps = run.dists, run.steps
     if (run.meta.get("counts") or {}).get("compiled_forwards_seen"):
         return (f"the watched modules ran under torch.compile and {len(dists)} Categoricals "
-                "were seen outside compiled code: a Categorical built inside compiled code is "
-                "invisible to ppo_probe; watch the same trainer without torch.compile")
+                "were seen: a Categorical that Dynamo traced into its graph past the probe's "
+                "patch is not recorded; watch the same trainer without torch.compile")
     grad_dists = int(update_dists(dists).sum()) if len(dists) else 0
     if dists.empty and steps.empty:
         return ("the watch saw no torch.distributions.Categorical and no optimizer step: training "

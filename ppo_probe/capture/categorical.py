@@ -9,6 +9,7 @@ functions are put back too, so such a phase costs the trainer nothing.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 from torch.distributions import Categorical
 
+from . import dynamo
 from .handles import Handle
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ _PATCHED = ("__init__", "sample", "log_prob", "entropy")
 _lock = threading.Lock()
 _sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers iterate it unlocked
 _originals: dict[str, Any] = {}  # non-empty while the patch is installed
+_compilable = False  # the installed patch breaks Dynamo's graph (see _breaking_under_compile)
 _quiet: frozenset[int] = frozenset()  # id() of the attached sessions that need no events now
 _INIT_CODE = Categorical.__dict__["__init__"].__code__
 
@@ -83,10 +86,41 @@ def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
 
 def _install() -> None:
     wrappers = {"__init__": _init, "sample": _sample, "log_prob": _log_prob, "entropy": _entropy}
+    global _compilable
+    dynamo.prepare()
+    _compilable = dynamo.eagerly is not None  # Dynamo is loaded: torch.compile may trace these
     for name in _PATCHED:
         original = Categorical.__dict__[name]
         _originals[name] = original
-        setattr(Categorical, name, wrapt.FunctionWrapper(original, wrappers[name]))
+        wrapped = _breaking_under_compile(original) if _compilable else original
+        setattr(Categorical, name, wrapt.FunctionWrapper(wrapped, wrappers[name]))
+
+
+def _nothing() -> None:
+    pass
+
+
+def _breaking_under_compile(original: Any) -> Any:
+    """``original``, but a graph break when Dynamo traces it.
+
+    Dynamo looks through a wrapt wrapper to the function it wraps, so a Categorical built in
+    compiled code would never reach the wrapper. Traced, this function calls into
+    :data:`.dynamo.eagerly`, which Dynamo cannot trace: it then runs the Categorical call eagerly,
+    wrapper included. Eagerly it is ``original`` and one check, about 0.4 us a call: it is put in
+    only once Dynamo is loaded (torch.compile loads it; the patch is reinstalled at each recorded
+    phase, so a compile made mid-run is covered from the next one). (No ``__wrapped__``: Dynamo
+    would look through that too; the name and signature are copied for introspection.)
+    """
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if dynamo.eagerly is not None and dynamo.is_compiling():
+            dynamo.eagerly(_nothing)
+        return result
+
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(call, attr, getattr(original, attr, None))
+    call.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+    return call
 
 
 def _uninstall() -> None:
