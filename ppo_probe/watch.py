@@ -21,8 +21,7 @@ import torch.optim.optimizer as optimizer_hooks
 from torch import nn
 
 from . import __version__
-from .capture import categorical
-from .capture import dynamo
+from .capture import categorical, dynamo
 from .capture.handles import Handle
 from .capture.optim import StepRecorder
 from .capture.session import Session, Settings
@@ -320,8 +319,9 @@ class Watch:
             if not (session.skipping or session.arming):  # such steps: counted by the post hook only
                 guarded_pre(*args)
 
-        post = _outside_dynamo(_guarded(session, "optimizer post-step hook", recorder.post))
-        pre = _outside_dynamo(pre)
+        # a compiled optimizer.step() runs them eagerly, at a graph break (see capture/dynamo.py)
+        post = dynamo.untraced(_guarded(session, "optimizer post-step hook", recorder.post))
+        pre = dynamo.untraced(pre)
         if not self.optimizers:
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
             stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(post))
@@ -500,19 +500,6 @@ def _guarded(session: Session, place: str, fn: Any) -> Any:
             fn(*args)
         except Exception as exc:  # noqa: BLE001
             session.fail(place, exc)
-
-    return hook
-
-
-def _outside_dynamo(fn: Any) -> Any:
-    """``fn`` as a hook that Dynamo does not trace: a compiled ``optimizer.step()`` runs its hooks
-    eagerly, at a graph break (traced, the session's state became guards and its untraceable calls
-    graph breaks with warnings)."""
-    def hook(*args: Any) -> None:
-        if dynamo.eagerly is not None and dynamo.is_compiling():
-            dynamo.eagerly(fn, *args)
-        else:
-            fn(*args)
 
     return hook
 

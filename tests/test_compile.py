@@ -51,7 +51,7 @@ def _train(policy, optimizer, cycles=3):
             optimizer.step()
 
 
-def _compiled_run(tmp_path, watched, cycles=3):
+def _compiled_run(tmp_path, watched):
     """Train a compiled agent; returns it and the run's path."""
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -60,9 +60,9 @@ def _compiled_run(tmp_path, watched, cycles=3):
     policy = torch.compile(agent, backend="eager")  # Dynamo traces; no C++ compiler needed
     if watched:
         with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True) as w:
-            _train(policy, optimizer, cycles)
+            _train(policy, optimizer)
     else:
-        _train(policy, optimizer, cycles)
+        _train(policy, optimizer)
     return agent, (w.path if watched else None)
 
 

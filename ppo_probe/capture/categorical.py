@@ -27,7 +27,6 @@ _PATCHED = ("__init__", "sample", "log_prob", "entropy")
 _lock = threading.Lock()
 _sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers iterate it unlocked
 _originals: dict[str, Any] = {}  # non-empty while the patch is installed
-_compilable = False  # the installed patch breaks Dynamo's graph (see _breaking_under_compile)
 _quiet: frozenset[int] = frozenset()  # id() of the attached sessions that need no events now
 _INIT_CODE = Categorical.__dict__["__init__"].__code__
 
@@ -86,13 +85,12 @@ def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
 
 def _install() -> None:
     wrappers = {"__init__": _init, "sample": _sample, "log_prob": _log_prob, "entropy": _entropy}
-    global _compilable
     dynamo.prepare()
-    _compilable = dynamo.eagerly is not None  # Dynamo is loaded: torch.compile may trace these
+    compilable = dynamo.eagerly is not None  # Dynamo is loaded: torch.compile may trace these
     for name in _PATCHED:
         original = Categorical.__dict__[name]
         _originals[name] = original
-        wrapped = _breaking_under_compile(original) if _compilable else original
+        wrapped = _breaking_under_compile(original) if compilable else original
         setattr(Categorical, name, wrapt.FunctionWrapper(wrapped, wrappers[name]))
 
 
@@ -106,10 +104,10 @@ def _breaking_under_compile(original: Any) -> Any:
     Dynamo looks through a wrapt wrapper to the function it wraps, so a Categorical built in
     compiled code would never reach the wrapper. Traced, this function calls into
     :data:`.dynamo.eagerly`, which Dynamo cannot trace: it then runs the Categorical call eagerly,
-    wrapper included. Eagerly it is ``original`` and one check, about 0.4 us a call: it is put in
-    only once Dynamo is loaded (torch.compile loads it; the patch is reinstalled at each recorded
-    phase, so a compile made mid-run is covered from the next one). (No ``__wrapped__``: Dynamo
-    would look through that too; the name and signature are copied for introspection.)
+    wrapper included. Eagerly it is ``original`` and one check, about 0.4 us a call, so it is put
+    in only where Dynamo is loaded when the patch is installed (torch.compile loads it; the patch
+    is installed at the watch's entry and again after each skipped phase). (No ``__wrapped__``:
+    Dynamo would look through that too; the name and signature are copied for introspection.)
     """
     def call(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)

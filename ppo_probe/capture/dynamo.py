@@ -1,8 +1,8 @@
 """torch.compile: the probe's hooks are Python bookkeeping that Dynamo must not trace.
 
 Traced, a hook's state becomes guards (Dynamo recompiles as it changes) and its untraceable calls
-become graph breaks with warnings in the user's log. Under compile a hook therefore hands its work
-to :data:`eagerly`, which Dynamo runs as it is, at a graph break.
+become graph breaks with warnings in the user's log. So every hook is wrapped by :func:`untraced`:
+under compile it hands its work to :data:`eagerly`, which Dynamo runs as it is, at a graph break.
 
 ``eagerly`` needs torch._dynamo, which takes about a second to import: it is made by
 :func:`prepare` once Dynamo is loaded (torch.compile loads it), never by importing ppo_probe.
@@ -33,3 +33,23 @@ def prepare() -> None:
     global eagerly
     if eagerly is None and "torch._dynamo" in sys.modules and not is_compiling():
         eagerly = torch.compiler.disable(_call, recursive=True)
+
+
+def _noted(note: Callable[[], None] | None, fn: Callable[..., Any], a: Any, b: Any, c: Any) -> None:
+    if note is not None:
+        note()
+    fn(a, b, c)
+
+
+def untraced(fn: Callable[[Any, Any, Any], None], note: Callable[[], None] | None = None) -> Callable[..., None]:
+    """``fn`` as a hook that Dynamo runs eagerly when it traces the hook's caller; ``note`` is
+    called (eagerly) first each time that happens. Not compiling: ``fn`` and one check. Hooks
+    take three arguments (module or optimizer, args, kwargs or output; a global forward pre-hook
+    two: ``fn`` then gets None third), passed as such: no ``*args`` packing on the hot path."""
+    def hook(a: Any, b: Any, c: Any = None) -> None:
+        if eagerly is not None and is_compiling():
+            eagerly(_noted, note, fn, a, b, c)
+        else:
+            fn(a, b, c)
+
+    return hook

@@ -90,9 +90,9 @@ class EntryTracker:
         # "Sequential#1", ...), so that an actor and a critic of one class get different names
         self.roots: dict[int, tuple[weakref.ref, str]] = {}
         self._label_counts: dict[str, int] = {}
-        # a watched module ran under torch.compile: a Categorical built inside compiled code is
-        # invisible to the probe (its forward's input is still recorded, eagerly)
+        # a watched module ran under torch.compile (its hooks then run eagerly: see .dynamo)
         self.compiled = False
+        self._post = dynamo.untraced(self._leave, self._note_compiled)
 
     def hooks_for(self, actor: str, module: nn.Module, name: str) -> tuple[Callable, Callable]:
         """Forward pre/post hooks for one module of actor ``actor``."""
@@ -105,24 +105,12 @@ class EntryTracker:
                 self._on_error("forward hook", exc)
             self.depth += 1
 
-        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            if dynamo.eagerly is not None and dynamo.is_compiling():
-                dynamo.eagerly(self._compiled, enter, mod, args, kwargs)
-            else:
-                enter(mod, args, kwargs)
-
-        return pre, self._post
+        return dynamo.untraced(enter, self._note_compiled), self._post
 
     def global_hooks(self) -> tuple[Callable, Callable]:
         """Hooks for ``torch.nn.modules.module.register_module_forward_*`` (watch-everything mode)."""
 
-        def pre(mod: nn.Module, args: tuple) -> None:
-            if dynamo.eagerly is not None and dynamo.is_compiling():
-                dynamo.eagerly(self._compiled, enter, mod, args)
-            else:
-                enter(mod, args)
-
-        def enter(mod: nn.Module, args: tuple) -> None:
+        def enter(mod: nn.Module, args: tuple, _: None = None) -> None:
             try:
                 if self.depth == 0:
                     self._enter("auto", self._root_label(mod), first_tensor(args), args)
@@ -134,18 +122,10 @@ class EntryTracker:
                 self._on_error("forward hook", exc)
             self.depth += 1
 
-        return pre, self._post
+        return dynamo.untraced(enter, self._note_compiled), self._post
 
-    def _compiled(self, hook: Callable[..., None], *args: Any) -> None:
-        """Run ``hook`` for a call that Dynamo traces (see .dynamo), and note that it happened."""
+    def _note_compiled(self) -> None:
         self.compiled = True
-        hook(*args)
-
-    def _post(self, mod: nn.Module, args: tuple, output: Any) -> None:
-        if dynamo.eagerly is not None and dynamo.is_compiling():
-            dynamo.eagerly(self._compiled, self._leave, mod, args, output)
-        else:
-            self._leave(mod, args, output)
 
     def _leave(self, mod: nn.Module, args: tuple, output: Any) -> None:
         self.depth = max(0, self.depth - 1)

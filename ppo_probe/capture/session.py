@@ -425,7 +425,6 @@ class Session:
     # ---------------------------------------------------------------- steps and cycles
 
     def on_step_done(self, record: StepRecord) -> None:
-        dynamo.prepare()  # torch.compile may have loaded Dynamo since the watch began
         if record.norms is not None and not record.norms.is_cpu:
             self._off_host = True
         self._steps.append(record)
