@@ -349,3 +349,47 @@ def test_bf16_autocast_on_the_update_path_only_is_no_mismatch(tmp_path):
     assert (deviation > 1e-3).mean() > 0.5 and deviation.quantile(0.9) > 0.01 and deviation.max() < 0.1
     assert "sampling-update-mismatch" not in precision.ids
     assert "sampling-update-mismatch" in run(1.5, "tempered").ids
+
+
+def test_observation_stays_the_input_past_many_calls_before_the_head(tmp_path):
+    """A recurrent update steps its cell once per timestep between the encoder and the head: with
+    80 timesteps, 80 calls stand between the observation and the Categorical. The observation must
+    still be the attributed input (the kept entries are the earliest and the latest, not only the
+    latest)."""
+    torch.manual_seed(7)
+    envs, steps, k = 4, 80, 3
+    actor = torch.nn.ModuleDict({"enc": torch.nn.Linear(5, 16), "cell": torch.nn.GRUCell(16, 16),
+                                 "head": torch.nn.Linear(16, k)})
+    optim = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        for _ in range(2):
+            obs = torch.randn(steps, envs, 5)
+            actions, old_logp = [], []
+            with torch.no_grad():
+                h = torch.zeros(envs, 16)
+                for t in range(steps):
+                    h = actor["cell"](actor["enc"](obs[t]), h)
+                    dist = Categorical(logits=actor["head"](h))
+                    a = dist.sample()
+                    actions.append(a)
+                    old_logp.append(dist.log_prob(a))
+            actions_all, old_all = torch.stack(actions).reshape(-1), torch.stack(old_logp).reshape(-1)
+            adv = torch.randn(steps * envs)
+            for _ in range(2):
+                x = actor["enc"](obs.reshape(-1, 5)).reshape(steps, envs, 16)
+                h, hs = torch.zeros(envs, 16), []
+                for t in range(steps):
+                    h = actor["cell"](x[t], h)
+                    hs.append(h)
+                dist = Categorical(logits=actor["head"](torch.stack(hs).reshape(-1, 16)))
+                ratio = (dist.log_prob(actions_all) - old_all).exp()
+                loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    run = ppo_probe.load(w.path)
+    update = run.dists[run.dists["grad_enabled"]]
+    assert (update["entry"] == "enc").all()
+    assert len(run.pairs) == 2 * 2 * steps * envs
+    assert run.pairs["paired"].all()
+    assert run.padding_rows == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +60,9 @@ def first_dict_of_tensors(args: Iterable[Any]) -> tuple[torch.Tensor, ...] | Non
     return None
 
 
+PENDING_HEAD = PENDING_TAIL = 32
+
+
 class EntryTracker:
     """Keeps the depth-0 entries seen since the previous Categorical and picks the input for the next.
 
@@ -75,7 +77,12 @@ class EntryTracker:
     def __init__(self, on_error: Callable[[str, BaseException], None]) -> None:
         self._on_error = on_error
         self.depth = 0
-        self.pending: deque[Entry] = deque(maxlen=64)
+        # Entries since the previous Categorical, at most PENDING_HEAD + PENDING_TAIL of them: the
+        # earliest and the latest. The rule prefers the earliest match (the observation comes
+        # first); a recurrent update runs its LSTM cells once per timestep between the
+        # observation and the head (sb3-contrib's RecurrentPPO: two cells x up to n_steps), so a
+        # plain last-64 window dropped the observation and attributed the head's own input.
+        self.pending: list[Entry] = []
         self._last: Entry | None = None
         self._tensorless = False  # the open outermost call had no tensor input (yet)
         self._outer: nn.Module | None = None  # that call's module (watch-everything mode)
@@ -170,7 +177,10 @@ class EntryTracker:
             requires_grad=tensor.requires_grad if parts is None else any(p.requires_grad for p in parts),
             parts=parts,
         )
-        self.pending.append(entry)
+        pending = self.pending
+        pending.append(entry)
+        if len(pending) > PENDING_HEAD + PENDING_TAIL:
+            del pending[PENDING_HEAD]  # the oldest of the latest: the bound on held user tensors
         self._open = entry
 
     def attribute(
