@@ -5,7 +5,7 @@ trainer: update rows, paired fraction, median per-cycle KL and the diagnostics r
 severity). Healthy trainers at their default settings should raise no error; `update-too-small`
 is expected at default learning rates (KL under 0.2 x the 0.02 target).
 
-Usage: python benchmarks/integrations.py
+Usage: python benchmarks/integrations.py [--only WORD ...]
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ def maskable_ppo(out: Path) -> Path:
     return w.path
 
 
+def recurrent_ppo(out: Path) -> Path:
+    from sb3_contrib import RecurrentPPO
+
+    model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=128, seed=0, device="cpu")
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out) as w:
+        model.learn(8 * 128)
+    return w.path
+
+
 def sb3_callback(out: Path) -> Path:
     import stable_baselines3 as sb3
 
@@ -97,6 +106,7 @@ TRAINERS: dict[str, Callable[[Path], Path]] = {
     "SB3 PPO, MultiDiscrete([3, 4])": sb3_multidiscrete,
     "SB3 PPO via ProbeCallback": sb3_callback,
     "sb3-contrib MaskablePPO": maskable_ppo,
+    "sb3-contrib RecurrentPPO (LSTM)": recurrent_ppo,
     "TorchRL ClipPPOLoss": torchrl,
     "two-actor MAPPO with masks": zoo("mappo_healthy"),
     "DDP, 2 gloo ranks": ddp,
@@ -104,15 +114,24 @@ TRAINERS: dict[str, Callable[[Path], Path]] = {
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="only the trainers whose name holds one of these words")
+    args = parser.parse_args()
+    trainers = {name: train for name, train in TRAINERS.items()
+                if args.only is None or any(w.lower() in name.lower() for w in args.only)}
     print("| trainer | update rows | paired | median per-cycle KL | diagnostics |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, train) in enumerate(TRAINERS.items()):
+        for i, (name, train) in enumerate(trainers.items()):
             report = ppo_probe.analyze(train(Path(tmp) / f"run{i}"))
             found = ", ".join(f"{r.id} ({r.severity})" for r in report.diagnostics.itertuples()) or "none"
             kl = report.per_cycle["kl_k3"].median()
-            print(f"| {name} | {len(report.run.pairs):,} | {report.paired_fraction:.2%} | {kl:.3g} | {found} |",
-                  flush=True)
+            padding = f" (+{report.run.padding_rows:,} padding)" if report.run.padding_rows else ""
+            print(f"| {name} | {len(report.run.pairs):,}{padding} | {report.paired_fraction:.2%} | {kl:.3g} | "
+                  f"{found} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""sb3-contrib's MaskablePPO, unchanged: masked logits at sampling and at update must not read as
-a sampling/update mismatch."""
+"""sb3-contrib's trainers, unchanged. MaskablePPO: masked logits at sampling and at update must
+not read as a sampling/update mismatch; RecurrentPPO: see its test."""
 
 from __future__ import annotations
 
@@ -60,3 +60,28 @@ def test_maskable_ppo_masks_are_no_mismatch(tmp_path):
     assert (sampling["entry"] == "MaskableActorCriticPolicy").all()
     dists = report.run.dists
     assert (dists["masked_mean"].dropna() > 1.5).any()  # the masks were seen (2 of 6 invalid)
+
+
+def test_recurrent_ppo_pairs_every_row_its_loss_uses(tmp_path):
+    """RecurrentPPO runs its two LSTM cells once per timestep between the features extractor and
+    the action head (over 64 calls once episodes outgrow the sequences), and pads sequences to
+    one length with zero observations that its loss masks out. The observation must still be the
+    attributed input, and the padding must read as padding, not as unpaired samples."""
+    model = sb3_contrib.RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=128, seed=0, device="cpu")
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", strict=True) as w:
+        model.learn(8 * 128)
+    report = ppo_probe.analyze(w.path)
+    run = report.run
+    update = run.dists[run.dists["grad_enabled"]]
+    assert (update["entry"] == "features_extractor").all()
+    assert report.paired_fraction == 1.0
+    assert len(run.pairs) == 8 * 128 * model.n_epochs  # every real row of every epoch
+    assert run.padding_rows > 0
+    assert f"{run.padding_rows} padding rows" in str(report)
+    errors = report.diagnostics[report.diagnostics["severity"] == "error"]
+    assert errors.empty, errors
+    warnings = set(report.diagnostics.loc[report.diagnostics["severity"] == "warning", "id"])
+    kl = float(report.per_cycle["kl_k3"].median())
+    assert warnings <= ({"update-too-small"} if kl < 0.2 * 0.02 else set())
+    # SB3 normalizes advantages over the mask: the loss divides by the real rows, not the padded
+    assert report.per_step["adv_eff_std"].median() == pytest.approx(1.0, abs=1e-3)

@@ -44,14 +44,41 @@ def update_dists(dists: pd.DataFrame) -> pd.Series:
     return dists["grad_enabled"].fillna(False).astype(bool) & ~sampled
 
 
-def loss_rows(pairs: pd.DataFrame) -> np.ndarray:
+def padding_rows(pairs: pd.DataFrame) -> np.ndarray:
+    """Update rows the loss leaves out: filler rows a recurrent trainer adds to bring sequences to
+    one length and masks out of its loss (sb3-contrib's RecurrentPPO pads with zero observations
+    and takes the mean over a mask). A row is padding when it matches no sampled (input, action),
+    its log-prob took exactly zero gradient, its input row repeats among such rows of its
+    log_prob call (one filler row), and paired rows of the same call took gradient. Clipped rows
+    also take zero gradient, but they are paired; rows of a call where nothing pairs (an update
+    fed other inputs) are never padding, so a broken pipeline is not explained away."""
+    grad = pairs["grad_logp"].to_numpy(np.float64, na_value=np.nan)
+    paired = pairs["paired"].to_numpy(bool)
+    zero = (grad == 0.0) & ~paired & pairs["fingerprint"].notna().to_numpy(bool)
+    if not zero.any():
+        return zero
+    call = [pairs["rank"], pairs["call_id"]]
+    moved = pd.Series(paired & np.isfinite(grad) & (grad != 0.0), index=pairs.index)
+    call_moved = moved.groupby(call, sort=False, dropna=False).transform("any").to_numpy(bool)
+    candidates = pairs.loc[zero, ["rank", "call_id", "fingerprint"]]
+    repeats = candidates.groupby(["rank", "call_id", "fingerprint"], sort=False, dropna=False)["fingerprint"]
+    filler = np.zeros(len(pairs), dtype=bool)
+    filler[np.flatnonzero(zero)] = repeats.transform("size").to_numpy(np.int64) >= 2
+    return filler & call_moved
+
+
+def loss_rows(pairs: pd.DataFrame, ignored: np.ndarray | None = None) -> np.ndarray:
     """The ``B`` of each update row's mean-reduced loss: its log_prob call's rows (``call_rows``)
     times the backward passes that fed the same optimizer step from that actor and head. One pass
     is the common case, and also a loss that sums several calls' means. With gradient accumulation
     (k micro-batches' ``(loss / k).backward()`` before one step) there are k passes, and a mean
     over the whole minibatch divides by k x the micro-batch. Rows whose pass is unknown (no
-    gradient, no step, a run older than schema 3) keep ``call_rows``."""
+    gradient, no step, a run older than schema 3) keep ``call_rows``. ``ignored``: per row, how
+    many rows of its call are padding the loss leaves out (:func:`padding_rows`); a mean over a
+    mask divides by the rows left."""
     own = pairs["call_rows"].to_numpy(np.float64, na_value=np.nan)
+    if ignored is not None:
+        own = own - ignored
     known = (pairs["step"].notna() & pairs["grad_pass"].notna()).to_numpy()
     if not known.any():
         return own
@@ -62,11 +89,14 @@ def loss_rows(pairs: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None) -> pd.DataFrame:
-    """One row per update-phase log-prob row; ``paired`` says whether a sampling row matched."""
+def build_pairs(
+    samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None
+) -> tuple[pd.DataFrame, int]:
+    """One row per update-phase log-prob row the loss uses; ``paired`` says whether a sampling
+    row matched. Also returns how many padding rows (:func:`padding_rows`) were left out."""
     if not (samples["phase"] == "update").any():
         # (pandas cannot group an empty frame of Arrow-backed strings)
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_PAIRS.items()})
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_PAIRS.items()}), 0
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
     sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row", "dist_id"]]
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
@@ -94,7 +124,12 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
     pairs["clipped"] = pd.array(grad == 0.0, dtype="boolean").copy()
     pairs.loc[np.isnan(grad), "clipped"] = pd.NA
     observable = np.isfinite(grad) & (grad != 0.0)
-    pairs["loss_rows"] = loss_rows(pairs)
+    pad = padding_rows(pairs)
+    ignored = None
+    if pad.any():
+        per_call = pd.Series(pad, index=pairs.index).groupby([pairs["rank"], pairs["call_id"]], dropna=False)
+        ignored = per_call.transform("sum").to_numpy(np.float64)
+    pairs["loss_rows"] = loss_rows(pairs, ignored)
     with np.errstate(divide="ignore", invalid="ignore"):
         adv = -grad * pairs["loss_rows"].to_numpy(np.float64) / terms["ratio"]
     pairs["adv_eff"] = np.where(observable, adv, np.nan)
@@ -103,7 +138,7 @@ def build_pairs(samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | N
         pairs["new_row"].to_numpy(np.int64),
         pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
     )
-    return pairs[list(_EMPTY_PAIRS)]
+    return pairs.loc[~pad, list(_EMPTY_PAIRS)].reset_index(drop=True), int(pad.sum())
 
 
 _EMPTY_PAIRS = {

@@ -82,6 +82,9 @@ class Report:
             lines.append(f"  cycles {len(self.per_cycle)}, optimizer steps {len(self.per_step)}, "
                          f"update rows {len(pairs)}, paired {int(pairs['paired'].sum())} "
                          f"({self.paired_fraction:.1%})")
+            if self.run.padding_rows:
+                lines[-1] += (f"; {self.run.padding_rows} padding rows the loss masks out (no sample, "
+                              "zero gradient) left out")
         else:
             lines.append(f"  nothing to check: {self.nothing_to_check}")
         schedule = schedule_text(self.run.meta)
@@ -125,6 +128,7 @@ class Report:
             "ok": self.ok,
             "nothing_to_check": self.nothing_to_check,
             "paired_fraction": self.paired_fraction,
+            "padding_rows": self.run.padding_rows,
             "per_cycle": records(self.per_cycle),
             "per_rank": records(self.per_rank),
             "diagnostics": records(self.diagnostics),

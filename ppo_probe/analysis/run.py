@@ -38,6 +38,8 @@ class Run:
         dists, steps, layers: one row per Categorical, per optimizer step, per step and parameter.
         pairs: one row per update-phase log-prob row with its sampling row, ratio, ``adv_eff``...;
             ``paired`` is False for rows whose (input, action) was never sampled in that cycle.
+            Padding the loss leaves out (a recurrent trainer's masked rows) is not in it:
+            ``padding_rows`` counts it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -72,10 +74,20 @@ class Run:
         return _frame(self._tables["layers"])
 
     @cached_property
-    def pairs(self) -> pd.DataFrame:
+    def _pairs_and_padding(self) -> tuple[pd.DataFrame, int]:
         column = self._tables["samples"].column("logits")
         logits = column.combine_chunks() if column.num_chunks else None
         return build_pairs(self.samples, self.steps, logits)
+
+    @property
+    def pairs(self) -> pd.DataFrame:
+        return self._pairs_and_padding[0]
+
+    @property
+    def padding_rows(self) -> int:
+        """Update rows left out of ``pairs`` as padding the loss masks out: a recurrent trainer's
+        filler rows that bring sequences to one length (see ``pairing.padding_rows``)."""
+        return self._pairs_and_padding[1]
 
     @property
     def paired_fraction(self) -> float:
