@@ -138,6 +138,8 @@ def build_pairs(
         pairs["new_row"].to_numpy(np.int64),
         pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
     )
+    if not pad.any():
+        return pairs[list(_EMPTY_PAIRS)], 0
     return pairs.loc[~pad, list(_EMPTY_PAIRS)].reset_index(drop=True), int(pad.sum())
 
 
