@@ -41,43 +41,43 @@ from example_overhead import load_example  # noqa: E402
 from trainers import BanditConfig, make_actor, train_bandit  # noqa: E402
 
 
-def run_cartpole(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1") -> Path:
+def run_cartpole(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1", lr_sweep: float | None = None) -> Path:
     ex = load_example()
     ex.make_env = lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
     cfg = ex.Config(seed=seed, total_timesteps=6144, learning_rate=lr)
     envs, agent, optimizer = ex.build(cfg)
-    with ppo_probe.watch(agent, optimizer, out=out, every=1) as w:  # every cycle in the median
+    with ppo_probe.watch(agent, optimizer, out=out, every=1, lr_sweep=lr_sweep) as w:  # every cycle in the median
         ex.train(cfg, envs, agent, optimizer)
     return w.path
 
 
-def run_acrobot(lr: float, seed: int, out: Path) -> Path:
-    return run_cartpole(lr, seed, out, env_id="Acrobot-v1")
+def run_acrobot(lr: float, seed: int, out: Path, lr_sweep: float | None = None) -> Path:
+    return run_cartpole(lr, seed, out, env_id="Acrobot-v1", lr_sweep=lr_sweep)
 
 
-def run_bandit(lr: float, seed: int, out: Path) -> Path:
+def run_bandit(lr: float, seed: int, out: Path, lr_sweep: float | None = None) -> Path:
     cfg = BanditConfig(seed=seed, batch=512, minibatch=128, epochs=4, cycles=10, lr=lr)
     torch.manual_seed(seed)
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=lr)
-    with ppo_probe.watch(actor, optim, out=out, every=1) as w:
+    with ppo_probe.watch(actor, optim, out=out, every=1, lr_sweep=lr_sweep) as w:
         train_bandit(cfg, {"a": actor}, optim)
     return w.path
 
 
-def run_sb3(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1") -> Path:
+def run_sb3(lr: float, seed: int, out: Path, env_id: str = "CartPole-v1", lr_sweep: float | None = None) -> Path:
     """Stable-Baselines3's PPO with its defaults (n_steps 2048, 10 epochs of minibatch 64, Adam),
     8 cycles: a trainer no one here wrote, with another update schedule than CleanRL's."""
     import stable_baselines3 as sb3
 
     model = sb3.PPO("MlpPolicy", env_id, learning_rate=lr, seed=seed, device="cpu")
-    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, every=1) as w:
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=out, every=1, lr_sweep=lr_sweep) as w:
         model.learn(8 * 2048)
     return w.path
 
 
-def run_sb3_acrobot(lr: float, seed: int, out: Path) -> Path:
-    return run_sb3(lr, seed, out, env_id="Acrobot-v1")
+def run_sb3_acrobot(lr: float, seed: int, out: Path, lr_sweep: float | None = None) -> Path:
+    return run_sb3(lr, seed, out, env_id="Acrobot-v1", lr_sweep=lr_sweep)
 
 
 LRS = [1e-4, 3e-4, 1e-3]
@@ -89,6 +89,8 @@ TASKS = {"cartpole (CleanRL-style, Adam)": (run_cartpole, LRS),
 NEW_TASKS = {"cartpole (SB3 PPO defaults)": (run_sb3, LRS),
              "acrobot (SB3 PPO defaults)": (run_sb3_acrobot, LRS)}
 ALL_TASKS = {**TASKS, **NEW_TASKS}
+# cycles per run of each task's trainer (for an lr sweep's factor per cycle: benchmarks/lr_sweep.py)
+CYCLES = {run_cartpole: 12, run_acrobot: 12, run_bandit: 10, run_sb3: 8, run_sb3_acrobot: 8}
 
 
 def kl_of(path: Path, target: float) -> tuple[float, dict]:

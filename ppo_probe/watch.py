@@ -23,7 +23,7 @@ from torch import nn
 from . import __version__
 from .capture import categorical, dynamo
 from .capture.handles import Handle
-from .capture.optim import StepRecorder
+from .capture.optim import LrSweep, StepRecorder
 from .capture.session import Session, Settings
 from .storage.schema import TABLES
 from .storage.writer import RunWriter, base_meta, meta_name, write_json_atomic
@@ -146,6 +146,15 @@ class Watch:
             writes every row's logits. The per-Categorical entropy and logit statistics always
             use every row.
         flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
+        lr_sweep: an lr range test, to choose the lr from one short run: the optimizer steps of
+            the c-th cycle (from the watch's first, c = 0) run at the trainer's lr x
+            ``lr_sweep ** c``, every cycle is recorded (``every`` and ``first_cycles`` are then
+            ignored), and the report reads the recommended lr where the per-cycle KL crosses the
+            target. Each param group's lr is scaled just before a step and put back right after
+            it, so the trainer's own schedule stands. This changes training on purpose: a run for
+            choosing the lr, not one to keep. Spread the factor over the run, e.g.
+            ``300 ** (1 / (cycles - 1))`` (about 1.7 for 12 cycles); None (the default) leaves
+            the lr alone.
         overwrite: allow ``out`` to hold an earlier run; its tables are deleted first.
         strict: re-raise failures of the probe itself instead of counting them (for tests).
 
@@ -168,12 +177,21 @@ class Watch:
         flush_rows: int = 65_536,
         overwrite: bool = False,
         strict: bool = False,
+        lr_sweep: float | None = None,
     ) -> None:
         self.actors = _actors(actor)
         self.optimizers = _optimizers(optim)
         for name, value, least in (("every", every, 1), ("first_cycles", first_cycles, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        if lr_sweep is not None:
+            if isinstance(lr_sweep, bool) or not isinstance(lr_sweep, (int, float)) or not (
+                1.0 < float(lr_sweep) <= 100.0
+            ):
+                raise ValueError(f"lr_sweep must be None or a number in (1, 100] (the lr's factor "
+                                 f"per cycle), got {lr_sweep!r}")
+            every, first_cycles = 1, 0  # a sweep needs every cycle's KL
+        self.lr_sweep = float(lr_sweep) if lr_sweep is not None else None
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if keep_logits_max_k < 0:
@@ -314,13 +332,29 @@ class Watch:
         self._recorder = recorder
         stack.callback(recorder.clear)
         guarded_pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
+        guarded_post = _guarded(session, "optimizer post-step hook", recorder.post)
 
         def pre(*args: Any) -> None:
             if not (session.skipping or session.arming):  # such steps: counted by the post hook only
                 guarded_pre(*args)
 
+        post = guarded_post
+        if self.lr_sweep is not None:
+            sweep = LrSweep(self.lr_sweep, session)
+            stack.callback(sweep.restore_all)
+            scale = _guarded(session, "lr sweep", lambda optimizer, *_: sweep.scale(optimizer))
+            restore = _guarded(session, "lr sweep", lambda optimizer, *_: sweep.restore(optimizer))
+
+            def pre(*args: Any) -> None:  # noqa: F811 - the sweep's: scaled before it is recorded
+                scale(*args)
+                guarded_pre(*args)
+
+            def post(*args: Any) -> None:
+                guarded_post(*args)
+                restore(*args)
+
         # a compiled optimizer.step() runs them eagerly, at a graph break (see capture/dynamo.py)
-        post = dynamo.untraced(_guarded(session, "optimizer post-step hook", recorder.post))
+        post = dynamo.untraced(post)
         pre = dynamo.untraced(pre)
         if not self.optimizers:
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
@@ -388,6 +422,7 @@ class Watch:
                 "keep_logits_max_k": self.settings.keep_logits_max_k,
                 "logits_one_in": self.settings.logits_one_in,
                 "flush_rows": self.settings.flush_rows,
+                "lr_sweep": self.lr_sweep,
                 "mode": "explicit" if self.actors else "auto",
                 "optimizers_given": bool(self.optimizers),
             }

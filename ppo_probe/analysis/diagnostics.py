@@ -508,10 +508,16 @@ def check_loss_sum_reduction(ctx: Context):
     return evidence, fix, None, ()
 
 
+def _lr_swept(ctx: Context) -> bool:
+    """An lr sweep run (``watch(lr_sweep=...)``) moves the lr on purpose, from too small to too
+    large: its KL band says nothing of the trainer's lr (the recommendation reads the sweep)."""
+    return bool((ctx.meta.get("settings") or {}).get("lr_sweep"))
+
+
 @diagnostic("update-too-small", "warning", "The policy barely moves each cycle")
 def check_update_too_small(ctx: Context):
     kl = _cycle_kl(ctx)
-    if kl.empty or ctx.errors_so_far:
+    if kl.empty or ctx.errors_so_far or _lr_swept(ctx):
         return None
     limit = ctx.thresholds.small_kl_fraction * ctx.thresholds.target_kl
     median = float(kl.median())
@@ -526,7 +532,7 @@ def check_update_too_small(ctx: Context):
 @diagnostic("update-too-large", "warning", "The policy moves too far each cycle")
 def check_update_too_large(ctx: Context):
     kl = _cycle_kl(ctx)
-    if kl.empty:
+    if kl.empty or _lr_swept(ctx):
         return None
     t = ctx.thresholds
     clip = ctx.per_cycle["clip_fraction"].astype(float).dropna()

@@ -85,6 +85,49 @@ def fit_exponent(per_cycle: pd.DataFrame) -> tuple[float, int]:
     return float(np.clip(slope, 0.5, 4.0)), len(pc)
 
 
+# An lr sweep (``watch(lr_sweep=f)``) is read up to and including its first cycle over this x the
+# target: past it the policy may have collapsed (KL 0 or huge), which says nothing of the lr.
+SWEEP_CUT = 2.0
+
+
+def _isotonic(y: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``y`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in y:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            b, a = blocks.pop(), blocks.pop()
+            blocks.append([(a[0] * a[1] + b[0] * b[1]) / (a[1] + b[1]), a[1] + b[1]])
+    return np.concatenate([np.full(int(n), m) for m, n in blocks]) if blocks else np.array([])
+
+
+def sweep_lr(lrs: np.ndarray, kls: np.ndarray, target: float, knee: float) -> tuple[float, str]:
+    """The lr where an lr sweep's per-cycle KL crosses ``target`` (lrs increasing over cycles), and
+    how it was read. The cycles up to the first over ``SWEEP_CUT`` x target count; log KL is made
+    non-decreasing in log lr (cycle-to-cycle noise would otherwise give several crossings) and
+    the first crossing is interpolated. A sweep that never reached the target is extended from
+    its last point, one that started over it from its first, with the piecewise model."""
+    over = np.flatnonzero(~(kls <= SWEEP_CUT * target))
+    n = int(over[0]) + 1 if len(over) else len(kls)
+    x, y = np.log(lrs[:n]), np.log(np.maximum(kls[:n], 1e-12))
+    fitted = _isotonic(y)
+    t = math.log(target)
+    if fitted[0] >= t:
+        lr = KLModel(float(lrs[0]), float(math.exp(fitted[0])), knee).lr_for(target)
+        return lr, f"the sweep started over the target (KL {math.exp(fitted[0]):.3g} at lr {lrs[0]:.3g}); extended down with the model"
+    above = np.flatnonzero(fitted >= t)
+    if not len(above):
+        lr = KLModel(float(lrs[n - 1]), float(math.exp(fitted[-1])), knee).lr_for(target)
+        return lr, (f"the sweep never reached the target (KL {math.exp(fitted[-1]):.3g} at lr "
+                    f"{lrs[n - 1]:.3g}, its highest); extended with the model")
+    i = int(above[0])
+    frac = (t - fitted[i - 1]) / (fitted[i] - fitted[i - 1]) if fitted[i] > fitted[i - 1] else 1.0
+    lr = math.exp(x[i - 1] + frac * (x[i] - x[i - 1]))
+    return lr, (f"the per-cycle KL crosses the target between lr {lrs[i - 1]:.3g} (KL "
+                f"{math.exp(fitted[i - 1]):.3g}) and {lrs[i]:.3g} (KL {math.exp(fitted[i]):.3g}), "
+                "made non-decreasing in the lr")
+
+
 def rl_games_rule(
     kl: pd.Series,
     lr: pd.Series,
@@ -148,6 +191,9 @@ def recommend(
     scheduled = len(lrs) >= 2 and float(lrs.max()) > LR_VARIED * float(lrs.min())
     lr_now = float(lrs.max()) if scheduled else (float(lrs.iloc[-1]) if len(lrs) else float("nan"))
     knee = clip_knee(clip_coef)
+    factor = (meta.get("settings") or {}).get("lr_sweep")
+    if factor and len(pc) >= 2 and scheduled:
+        return _from_sweep(pc, per_step, steps, t, knee, float(factor))
     p, fitted_on = fit_exponent(per_cycle)
     p_two = two_run_exponent(lr_now, kl, previous)
     if previous is not None and np.isfinite(p_two):
@@ -216,4 +262,55 @@ def recommend(
         "optimizer": optimizer,
         "rl_games_lr_per_cycle": schedule,
         "rationale": rationale,
+    }
+
+
+def _advantage_note(per_step: pd.DataFrame, steps: pd.DataFrame) -> tuple[float, list[str], str | None]:
+    adv_std = per_step["adv_eff_std"].astype(float).dropna()
+    adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
+    notes = []
+    if len(adv_std):
+        notes.append(f"adv_eff median std {adv_std.median():.3g} over {len(adv_std)} steps: "
+                     f"advantage scale x {adv_scale:.3g} gives unit std")
+    actor_steps = steps[steps["holds_actor"].fillna(True).astype(bool)]
+    optimizer = str(actor_steps["optimizer_class"].iloc[0]) if len(actor_steps) else None
+    return adv_scale, notes, optimizer
+
+
+def _from_sweep(pc: pd.DataFrame, per_step: pd.DataFrame, steps: pd.DataFrame, t: Thresholds,
+                knee: float, factor: float) -> dict[str, Any]:
+    """The recommendation of an lr sweep run: the lr where its per-cycle KL crosses the target."""
+    pc = pc.sort_values("cycle") if "cycle" in pc else pc
+    lrs = pc["lr"].astype(float).to_numpy()
+    kls = pc["kl_k3"].astype(float).to_numpy()
+    ok = np.isfinite(lrs) & (lrs > 0)
+    lrs, kls = lrs[ok], kls[ok]
+    base = float(lrs[0])  # cycle 0 runs at the trainer's own lr (factor**0)
+    lr, how = sweep_lr(lrs, kls, t.target_kl, knee)
+    lo, hi = LR_MULTIPLIER_RANGE
+    multiplier = float(np.clip(lr / base, lo, hi))
+    clamp = f", clamped from {lr / base:.3g} to [{lo}, {hi}]" if multiplier != lr / base else ""
+    adv_scale, notes, optimizer = _advantage_note(per_step, steps)
+    points = ", ".join(f"{a:.3g}: {b:.3g}" for a, b in zip(lrs, kls))
+    sentences = [
+        f"lr sweep (x{factor:g} a cycle over {len(lrs)} cycles, lr {lrs[0]:.3g} to {lrs[-1]:.3g}); "
+        f"per-cycle KL (k3, last epoch) by lr: {points}; target {t.target_kl}: {how}: "
+        f"lr {base * multiplier:.3g} (x {multiplier:.3g} the lr of cycle 0{clamp})",
+        *notes,
+        "the sweep changed the lr on purpose: train at the recommended lr without lr_sweep, and "
+        "analyze that run to check its KL",
+    ]
+    return {
+        "lr": base * multiplier,
+        "lr_multiplier": multiplier,
+        "adv_scale": adv_scale if np.isfinite(adv_scale) else None,
+        "kl_per_cycle_median": float(np.median(kls)),
+        "lr_of_run": base,
+        "lr_scheduled": True,
+        "kl_exponent": None,
+        "kl_exponent_source": "lr sweep",
+        "kl_knee": knee,
+        "optimizer": optimizer,
+        "rl_games_lr_per_cycle": [],
+        "rationale": ". ".join(sentences) + ".",
     }

@@ -90,6 +90,10 @@ class Report:
         schedule = schedule_text(self.run.meta)
         if schedule:
             lines.append(f"  {schedule}")
+        sweep = (self.run.meta.get("settings") or {}).get("lr_sweep")
+        if sweep:
+            lines.append(f"  an lr sweep run: each cycle's lr was x{sweep:g} the one before (watch(lr_sweep=...)); "
+                         "the KL band warnings are off and the recommendation reads the sweep")
         ranks = self.per_rank
         if len(ranks) > 1:
             with pd.option_context("display.width", 200, "display.max_columns", 30):

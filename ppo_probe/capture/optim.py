@@ -125,3 +125,39 @@ class StepRecorder:
         as outside changes)."""
         self._snapshots.clear()
         self._pending.clear()
+
+
+class LrSweep:
+    """An lr range test (``watch(lr_sweep=f)``): the steps of cycle c run at the trainer's lr x
+    ``f**c``. Each param group's lr is scaled just before the step and put back right after it,
+    so whatever the trainer or its scheduler sets between steps stands; a step that raised (no
+    post hook) is put back at the next step or at exit. This changes training on purpose."""
+
+    def __init__(self, factor: float, session: Session) -> None:
+        self.factor = factor
+        self._session = session
+        self._saved: dict[int, tuple[weakref.ref, list[Any]]] = {}
+
+    def scale(self, optimizer: torch.optim.Optimizer) -> None:
+        self.restore(optimizer)
+        m = self.factor ** self._session.cycle
+        groups = optimizer.param_groups
+        self._saved[id(optimizer)] = (weakref.ref(optimizer), [g.get("lr") for g in groups])
+        for g in groups:
+            lr = g.get("lr")
+            if isinstance(lr, (torch.Tensor, int, float)) and not isinstance(lr, bool):
+                g["lr"] = lr * m  # a tensor lr (capturable Adam) becomes a new tensor; put back after
+
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        saved = self._saved.pop(id(optimizer), None)
+        if saved is None or saved[0]() is not optimizer:
+            return
+        for g, lr in zip(optimizer.param_groups, saved[1]):
+            g["lr"] = lr
+
+    def restore_all(self) -> None:
+        for ref, _ in list(self._saved.values()):
+            optimizer = ref()
+            if optimizer is not None:
+                self.restore(optimizer)
+        self._saved.clear()
