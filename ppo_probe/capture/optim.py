@@ -129,31 +129,35 @@ class StepRecorder:
 
 class LrSweep:
     """An lr range test (``watch(lr_sweep=f)``): the steps of cycle c run at the trainer's lr x
-    ``f**c``. Each param group's lr is scaled just before the step and put back right after it,
-    so whatever the trainer or its scheduler sets between steps stands; a step that raised (no
-    post hook) is put back at the next step or at exit. This changes training on purpose."""
+    ``f**c``. Each param group's lr is scaled just before the step and put back right after it
+    (unless something set it meanwhile: a scheduler stepped from another post hook), so whatever
+    the trainer or its scheduler sets between steps stands; a step that raised (no post hook) is
+    put back at the next step or at exit. This changes training on purpose."""
 
     def __init__(self, factor: float, session: Session) -> None:
         self.factor = factor
         self._session = session
-        self._saved: dict[int, tuple[weakref.ref, list[Any]]] = {}
+        # optimizer -> (its weakref, per group: (the trainer's lr, the scaled lr we set))
+        self._saved: dict[int, tuple[weakref.ref, list[tuple[Any, Any]]]] = {}
 
     def scale(self, optimizer: torch.optim.Optimizer) -> None:
         self.restore(optimizer)
         m = self.factor ** self._session.cycle
-        groups = optimizer.param_groups
-        self._saved[id(optimizer)] = (weakref.ref(optimizer), [g.get("lr") for g in groups])
-        for g in groups:
+        saved = []
+        for g in optimizer.param_groups:
             lr = g.get("lr")
             if isinstance(lr, (torch.Tensor, int, float)) and not isinstance(lr, bool):
                 g["lr"] = lr * m  # a tensor lr (capturable Adam) becomes a new tensor; put back after
+            saved.append((lr, g.get("lr")))
+        self._saved[id(optimizer)] = (weakref.ref(optimizer), saved)
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
-        saved = self._saved.pop(id(optimizer), None)
-        if saved is None or saved[0]() is not optimizer:
+        found = self._saved.pop(id(optimizer), None)
+        if found is None or found[0]() is not optimizer:
             return
-        for g, lr in zip(optimizer.param_groups, saved[1]):
-            g["lr"] = lr
+        for g, (own, scaled) in zip(optimizer.param_groups, found[1]):
+            if g.get("lr") is scaled:  # else the trainer set a new lr since: it stands
+                g["lr"] = own
 
     def restore_all(self) -> None:
         for ref, _ in list(self._saved.values()):
