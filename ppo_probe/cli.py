@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop the script cleanly after N optimizer steps (any optimizer)")
     run.add_argument("--every", type=int, default=20, metavar="N",
                      help="record cycles 0-7, then every N-th (default 20; 1 records every cycle)")
+    run.add_argument("--lr-sweep", type=float, default=None, metavar="F",
+                     help="an lr range test: each cycle's lr is F x the one before (1.7 spans 300x "
+                     "over 12 cycles); every cycle is recorded and the lr where the KL crosses the "
+                     "target is printed. Changes the training on purpose")
     _analysis_flags(run)
     _gate_flags(run)
     run.add_argument("-m", dest="module", nargs=argparse.REMAINDER, default=None, metavar="MODULE ARGS",
@@ -328,6 +332,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.every < 1:
         raise UsageError(f"--every must be >= 1, got {args.every}")
+    if args.lr_sweep is not None and not 1.0 < args.lr_sweep <= 100.0:
+        raise UsageError(f"--lr-sweep must be in (1, 100], got {args.lr_sweep}")
     if bool(args.module) == bool(args.script):
         raise UsageError("run needs exactly one of SCRIPT [ARGS...] or -m MODULE [ARGS...]")
     module, script, script_args = None, None, []
@@ -355,7 +361,8 @@ def _run(args: argparse.Namespace) -> int:
     with context:
         try:
             # the step limit's hook goes in after the watch's, so the last step is still recorded
-            with watch(out=out, overwrite=True, every=args.every), _step_limit(args.max_steps) as steps:
+            probe = watch(out=out, overwrite=True, every=args.every, lr_sweep=args.lr_sweep)
+            with probe, _step_limit(args.max_steps) as steps:
                 if module is not None:
                     runpy.run_module(module, run_name="__main__", alter_sys=True)
                 else:
@@ -373,6 +380,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"ppo-probe: {outcome}; run written to {out}", file=sys.stderr)
     report = _analyze(out, args)
     code = _emit_check(report, fail_on, args.fmt, {"script_outcome": outcome, "script_failed": crashed}, crashed)
+    if args.lr_sweep is not None and args.fmt != "json":
+        rec = report.recommendation
+        if rec and rec.get("lr") is not None:
+            print(f"lr sweep: recommended lr {rec['lr']:.3g}: {rec['rationale']}")
+        else:
+            print("lr sweep: no recommendation (no cycle with paired update rows and a positive KL)")
     if temporary and code == EXIT_OK:
         shutil.rmtree(out.parent, ignore_errors=True)
     elif temporary:

@@ -97,6 +97,21 @@ def test_run_every_sets_the_schedule(tmp_path):
     assert bad.returncode == 2 and "--every must be >= 1, got 0" in bad.stderr
 
 
+def test_run_lr_sweep_prints_the_lr_read_from_the_sweep(tmp_path):
+    out = tmp_path / "run"
+    # examples/cartpole_ppo.py: 16 optimizer steps a cycle, so 160 steps are 10 cycles
+    result = _cli("run", "--out", str(out), "--lr-sweep", "2", "--max-steps", "160", "examples/cartpole_ppo.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = ppo_probe.load(out)
+    assert run.meta["settings"]["lr_sweep"] == 2.0 and run.meta["recorded_cycles"] == run.meta["cycles"]
+    lrs = run.steps.groupby("cycle")["lr"].first()
+    assert lrs.iloc[-1] / lrs.iloc[0] == pytest.approx(2.0 ** (len(lrs) - 1))
+    rec = ppo_probe.analyze(out).recommendation
+    assert f"lr sweep: recommended lr {rec['lr']:.3g}: lr sweep (x2 a cycle" in result.stdout
+    bad = _cli("run", "--lr-sweep", "1", "examples/cartpole_ppo.py")
+    assert bad.returncode == 2 and "--lr-sweep must be in (1, 100], got 1.0" in bad.stderr
+
+
 def test_run_with_an_injected_bug_exits_1_and_keeps_the_run(tmp_path):
     script = _bug_script(tmp_path, "entropy_sign")
     out = tmp_path / "run"
