@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppo_probe  # noqa: E402
-from recommend import ALL_TASKS, CYCLES, kl_of  # noqa: E402
+from recommend import CYCLES, kl_of, select_tasks  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +36,7 @@ def main() -> None:
     parser.add_argument("--span", type=float, default=300.0, help="last cycle's lr / first cycle's")
     parser.add_argument("--target-kl", type=float, default=0.02)
     args = parser.parse_args()
-    tasks = {name: spec for name, spec in ALL_TASKS.items()
-             if args.tasks is None or any(word.lower() in name.lower() for word in args.tasks)}
-    if not tasks:
-        parser.error(f"no task matches {args.tasks}; tasks: {', '.join(ALL_TASKS)}")
+    tasks = select_tasks(parser, args.tasks)
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
     rows = []

@@ -93,6 +93,15 @@ ALL_TASKS = {**TASKS, **NEW_TASKS}
 CYCLES = {run_cartpole: 12, run_acrobot: 12, run_bandit: 10, run_sb3: 8, run_sb3_acrobot: 8}
 
 
+def select_tasks(parser: argparse.ArgumentParser, words: list[str] | None) -> dict:
+    """The tasks whose name holds one of ``words`` (all five for None); a usage error for none."""
+    tasks = {name: spec for name, spec in ALL_TASKS.items()
+             if words is None or any(word.lower() in name.lower() for word in words)}
+    if not tasks:
+        parser.error(f"no task matches {words}; tasks: {', '.join(ALL_TASKS)}")
+    return tasks
+
+
 def kl_of(path: Path, target: float) -> tuple[float, dict]:
     report = ppo_probe.analyze(path, target_kl=target)
     return float(report.per_cycle["kl_k3"].median()), report.recommendation or {}
@@ -107,10 +116,7 @@ def main() -> None:
                         help="only the tasks whose name holds one of these words (e.g. CleanRL, SB3, "
                              "bandit); default: all five")
     args = parser.parse_args()
-    tasks = {name: spec for name, spec in ALL_TASKS.items()
-             if args.tasks is None or any(word.lower() in name.lower() for word in args.tasks)}
-    if not tasks:
-        parser.error(f"no task matches {args.tasks}; tasks: {', '.join(ALL_TASKS)}")
+    tasks = select_tasks(parser, args.tasks)
     target = args.target_kl
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

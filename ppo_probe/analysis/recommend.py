@@ -213,10 +213,7 @@ def recommend(
         lo, hi = 1.0 / TWO_RUN_MAX_STEP, TWO_RUN_MAX_STEP
     raw = kl_model.lr_for(t.target_kl)  # lr0 = 1: the model's lr is the multiplier
     multiplier = float(np.clip(raw, lo, hi))
-    adv_std = per_step["adv_eff_std"].astype(float).dropna()
-    adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
-    actor_steps = steps[steps["holds_actor"].fillna(True).astype(bool)]
-    optimizer = str(actor_steps["optimizer_class"].iloc[0]) if len(actor_steps) else None
+    adv_scale, adv_notes, optimizer = _advantage_note(per_step, steps)
     adaptive = optimizer in _ADAPTIVE
     lr_series = pc["lr"].astype(float).fillna(lr_now if np.isfinite(lr_now) else 1.0)
     cycles = pc["cycle"].to_numpy(dtype="int64") if "cycle" in pc else np.arange(len(pc))
@@ -238,9 +235,7 @@ def recommend(
         peak = (f", the peak of this run's lr schedule, which went from {float(lrs.iloc[0]):.3g} to "
                 f"{float(lrs.iloc[-1]):.3g}: scale the whole schedule by {multiplier:.3g}") if scheduled else ""
         sentences[0] += f" = {lr_now * multiplier:.3g} (from {lr_now:.3g}{peak})"
-    if len(adv_std):
-        sentences.append(f"adv_eff median std {adv_std.median():.3g} over {len(adv_std)} steps: "
-                         f"advantage scale x {adv_scale:.3g} gives unit std")
+    sentences.extend(adv_notes)
     sentences.append(optim_note)
     sentences.append(f"rl_games' adaptive rule (lr /1.5 above 2 x target, x1.5 below 0.5 x target, "
                      f"once per cycle; KL modelled as above) would have ended this run at lr "
@@ -266,6 +261,7 @@ def recommend(
 
 
 def _advantage_note(per_step: pd.DataFrame, steps: pd.DataFrame) -> tuple[float, list[str], str | None]:
+    """The advantage scale that gives adv_eff unit std, its sentence, and the actor's optimizer."""
     adv_std = per_step["adv_eff_std"].astype(float).dropna()
     adv_scale = float(1.0 / adv_std.median()) if len(adv_std) and adv_std.median() > 0 else float("nan")
     notes = []
