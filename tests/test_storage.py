@@ -40,7 +40,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
     meta = json.loads((small_run / "meta.json").read_text())
-    assert meta["schema_version"] == 3 and meta["status"] == "complete"
+    assert meta["schema_version"] == 4 and meta["status"] == "complete"
     parts = sorted((small_run / "samples" / "rank=0").iterdir())
     assert len(parts) > 1  # flush_rows=500 forces several complete part files
     assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)

@@ -99,6 +99,14 @@ def build_pairs(
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_PAIRS.items()}), 0
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
     sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row", "dist_id"]]
+    if "fingerprint_inner" in samples and samples["fingerprint_inner"].notna().any():
+        # a sampling row can also be found by its inner input's hash: SB3 samples through
+        # policy(obs) and updates through features_extractor(preprocess_obs(obs))
+        has_inner = (samples["phase"] == "sampling") & samples["fingerprint_inner"].notna()
+        cols = [k for k in PAIR_KEY if k != "fingerprint"] + ["fingerprint_inner", "logp", "row", "dist_id"]
+        inner = samples.loc[has_inner, cols].rename(columns={"fingerprint_inner": "fingerprint"})
+        sampling = pd.concat([sampling, inner[sampling.columns]], ignore_index=True)
+        sampling = sampling.drop_duplicates(PAIR_KEY + ["row"])  # the same row under one key once
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
         columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )

@@ -29,6 +29,12 @@ class Entry:
     # first-element addresses of the tensors the call returned (a tensor, or a list / tuple /
     # dict of them: one logits tensor per action dimension from separate head modules)
     outputs: tuple[int, ...] = ()
+    # the input of the first direct child the call ran, when it is another tensor with as many
+    # rows (SB3's policy(obs) runs features_extractor(preprocess_obs(obs)): a one-hot Discrete
+    # observation, an image scaled to [0, 1]); the update may enter there, at features_extractor
+    inner: torch.Tensor | None = None
+    inner_version: int = 0
+    inner_seen: bool = False
 
     def current_version(self) -> int:
         """The version counter now (summed over a dict's tensors: any in-place write raises it)."""
@@ -107,7 +113,9 @@ class EntryTracker:
         def enter(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             try:
                 if self.depth == 0 or self._tensorless:
-                    self._enter(actor, name, first_tensor(args, kwargs), args)
+                    self._enter(actor, name, first_tensor(args, kwargs), args, nested=self.depth > 0)
+                elif self.depth == 1:
+                    self._inner(first_tensor(args, kwargs))
             except Exception as exc:  # noqa: BLE001 - never break the trainer
                 self._on_error("forward hook", exc)
             self.depth += 1
@@ -122,7 +130,9 @@ class EntryTracker:
                 if self.depth == 0:
                     self._enter("auto", self._root_label(mod), first_tensor(args), args)
                 elif self._tensorless and self._outer is not None:
-                    self._enter("auto", self._root_label(self._outer), first_tensor(args), args)
+                    self._enter("auto", self._root_label(self._outer), first_tensor(args), args, nested=True)
+                elif self.depth == 1:
+                    self._inner(first_tensor(args))
                 if self.depth == 0:
                     self._outer = mod
             except Exception as exc:  # noqa: BLE001
@@ -157,7 +167,26 @@ class EntryTracker:
         self.roots[id(module)] = (weakref.ref(module), label)
         return label
 
-    def _enter(self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = ()) -> None:
+    def _inner(self, tensor: torch.Tensor | None) -> None:
+        """Keep the first direct child's input of the open outermost call (see ``Entry.inner``)."""
+        entry = self._open
+        if entry is None or entry.inner_seen:
+            return
+        entry.inner_seen = True
+        if (
+            tensor is None
+            or tensor is entry.tensor
+            or entry.parts is not None
+            or tensor.dim() == 0
+            or entry.tensor.dim() == 0
+            or tensor.shape[0] != entry.tensor.shape[0]
+        ):
+            return
+        entry.inner, entry.inner_version = tensor, tensor._version
+
+    def _enter(
+        self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = (), nested: bool = False
+    ) -> None:
         parts = None
         if tensor is None:
             # a dict observation: all its tensors together are the input row
@@ -176,6 +205,7 @@ class EntryTracker:
             grad_enabled=torch.is_grad_enabled(),
             requires_grad=tensor.requires_grad if parts is None else any(p.requires_grad for p in parts),
             parts=parts,
+            inner_seen=nested,  # a nested call standing for a tensorless outer one: no inner input
         )
         pending = self.pending
         pending.append(entry)

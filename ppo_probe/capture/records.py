@@ -55,6 +55,10 @@ class DistRecord:
     input_mutated: bool
     gen: Generation
     head: int = 0  # 0, or 1, 2, ... for further Categoricals built from the same forward
+    # the rows of the entry's first direct child's input where that is another tensor (SB3's
+    # preprocessed observation), hashed like ``fp_input``; None when there is none
+    fp_inner: torch.Tensor | None = None
+    fingerprint_inner: torch.Tensor | None = None
     grad_entropy: list[torch.Tensor] | None = None  # made at the first gradient hook
     sampled: bool = False  # sample() was called on it: a sampling Categorical, whatever the grad mode
 
@@ -214,10 +218,15 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
 def ensure_fingerprints(dists: list[DistRecord]) -> None:
     """Hash the kept inputs of ``dists`` that have no fingerprint yet (writer thread only)."""
     todo = list({id(d): d for d in dists if d.fingerprint is None and d.fp_input is not None}.values())
-    if not todo:
+    inner = list({id(d): d for d in dists if d.fingerprint_inner is None and d.fp_inner is not None}.values())
+    if not todo and not inner:
         return
-    for d, h in zip(todo, fingerprint_many([cast(torch.Tensor, d.fp_input) for d in todo])):
+    kept = [cast(torch.Tensor, d.fp_input) for d in todo] + [cast(torch.Tensor, d.fp_inner) for d in inner]
+    hashes = fingerprint_many(kept)
+    for d, h in zip(todo, hashes[: len(todo)]):
         d.fingerprint, d.fp_input = h, None
+    for d, h in zip(inner, hashes[len(todo):]):
+        d.fingerprint_inner, d.fp_inner = h, None
 
 
 def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
@@ -248,6 +257,16 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
     has_fp = per_call([c.dist.fingerprint is not None and not bad for c, bad in zip(calls, changed)])
     if fp_calls:
         fingerprint[has_fp] = _host([_rows_of(c, cast(torch.Tensor, c.dist.fingerprint)) for c in fp_calls], torch.int64)
+    inner_calls = [c for c, bad in zip(calls, changed) if c.dist.fingerprint_inner is not None and not bad]
+    fingerprint_inner = np.zeros(int(counts.sum()), dtype=np.int64)
+    has_inner = per_call([c.dist.fingerprint_inner is not None and not bad for c, bad in zip(calls, changed)])
+    if inner_calls:
+        fingerprint_inner[has_inner] = _host(
+            [_rows_of(c, cast(torch.Tensor, c.dist.fingerprint_inner)) for c in inner_calls], torch.int64
+        )
+    # the logits are kept for the same rows at sampling and update: chosen by the key the update
+    # can pair on (the inner input's hash where there is one, as an update entering there has)
+    selector = np.where(has_inner, fingerprint_inner, fingerprint)
 
     has_grad = per_call([bool(c.grads) for c in calls])
     grad = np.zeros(int(counts.sum()), dtype=np.float32)
@@ -274,11 +293,12 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "call_id": per_call([c.call_id for c in calls]),
         "call_rows": per_call([c.n for c in calls]),
         "fingerprint": pa.array(fingerprint, mask=~has_fp, type=pa.int64()),
+        "fingerprint_inner": pa.array(fingerprint_inner, mask=~has_inner, type=pa.int64()),
         "action": _host(actions, torch.int64),
         "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
         "grad_pass": pa.array(grad_pass, mask=grad_pass < 0, type=pa.int64()),
-        "logits": _logits_column(calls, counts, has_fp & logits_kept(fingerprint, one_in)),
+        "logits": _logits_column(calls, counts, (has_fp | has_inner) & logits_kept(selector, one_in)),
     }
     return columns, sum(changed)
 

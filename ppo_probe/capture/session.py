@@ -222,10 +222,11 @@ class Session:
             logits = logits.reshape(rows, k)
 
         previous = self._record_of(dist)  # a subclass re-running __init__ (e.g. masking)
-        fingerprint = None
+        fingerprint = fingerprint_inner = None
         if previous is not None and previous.batch_shape == batch_shape:
             actor, entry_name, head = previous.actor, previous.entry, previous.head
             fp_input, fingerprint = previous.fp_input, previous.fingerprint
+            fp_inner, fingerprint_inner = previous.fp_inner, previous.fingerprint_inner
             mutated = previous.input_mutated
         else:
             entry, head = self.entries.attribute(grad, batch_shape, source)
@@ -234,8 +235,10 @@ class Session:
                 # a further head of the same forward: share the first head's kept input rows
                 actor, entry_name = first.actor, first.entry
                 fp_input, fingerprint, mutated = first.fp_input, first.fingerprint, first.input_mutated
+                fp_inner, fingerprint_inner = first.fp_inner, first.fingerprint_inner
             else:
-                actor, entry_name, fp_input, mutated = self._keep_input(entry, rows)
+                actor, entry_name, fp_input, fp_inner, mutated = self._keep_input(entry, rows)
+                fingerprint_inner = None
 
         if grad and param.requires_grad and self._graph_walked.get(actor) != self.cycle:
             self._graph_walked[actor] = self.cycle  # once per actor and cycle
@@ -255,6 +258,8 @@ class Session:
             logits_one_in=self._logits_one_in(k),
             fp_input=fp_input,
             fingerprint=fingerprint,
+            fp_inner=fp_inner,
+            fingerprint_inner=fingerprint_inner,
             logits_require_grad=bool(param.requires_grad),
             input_mutated=mutated,
             gen=self._gen,
@@ -274,24 +279,36 @@ class Session:
         self._buffered_bytes += logits.numel() * logits.element_size()
         if fp_input is not None:
             self._buffered_bytes += fp_input.numel() * fp_input.element_size()
+        if fp_inner is not None:
+            self._buffered_bytes += fp_inner.numel() * fp_inner.element_size()
 
     def _logits_one_in(self, k: int) -> int:
         if k > self.settings.keep_logits_max_k:
             return 0
         return self.settings.logits_one_in or max(1, k)
 
-    def _keep_input(self, entry: Any, rows: int) -> tuple[str, str | None, Any, bool]:
+    def _keep_input(self, entry: Any, rows: int) -> tuple[str, str | None, Any, Any, bool]:
         """Clone the attributed input rows now (one op, no sync); they are hashed in bulk at the
-        flush, so a buffer the trainer overwrites later still pairs."""
+        flush, so a buffer the trainer overwrites later still pairs. Also the rows of the first
+        direct child's input where that is another tensor (``Entry.inner``)."""
         if entry is None:
-            return "unattributed", None, None, False
+            return "unattributed", None, None, None, False
         if entry.current_version() != entry.version:  # changed in place between forward and here
-            return entry.actor, entry.module, None, True
+            return entry.actor, entry.module, None, None, True
         if entry.parts is None:
             kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
         else:  # a dict observation: its tensors side by side, in key order (cat copies)
             kept = torch.cat([p.detach().reshape(rows, -1) for p in entry.parts], dim=1)
-        return entry.actor, entry.module, kept, False
+        inner = entry.inner
+        kept_inner = None
+        if (
+            inner is not None
+            and inner._version == entry.inner_version
+            and inner.shape[0] == entry.tensor.shape[0]
+            and inner.numel() % rows == 0
+        ):
+            kept_inner = inner.detach().reshape(rows, -1).clone()
+        return entry.actor, entry.module, kept, kept_inner, False
 
     def _discover_actor(self, logits_param: torch.Tensor) -> None:
         for leaf in graph_leaves(logits_param):

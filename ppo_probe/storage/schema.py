@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped whenever a table gains, loses or changes a column. Readers refuse newer versions.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: One row per log-prob row (a row of a ``Categorical.log_prob`` result).
 SAMPLES = pa.schema(
@@ -19,6 +19,9 @@ SAMPLES = pa.schema(
         ("call_id", pa.int64()),
         ("call_rows", pa.int32()),  # rows of that log_prob call: the B of a mean-reduced loss
         ("fingerprint", pa.int64()),  # null when the input could not be fingerprinted
+        # the hash of the entry's first direct child's input where that is another tensor (v4):
+        # SB3's policy(obs) runs features_extractor(preprocess_obs(obs)), where its update enters
+        ("fingerprint_inner", pa.int64()),
         ("action", pa.int64()),
         ("logp", pa.float32()),
         ("grad_logp", pa.float32()),  # dLoss/dlogp; null when no gradient reached the row
@@ -95,7 +98,7 @@ LAYERS = pa.schema(
 #: forward; no non-finite rows counted; backward pass unknown).
 ADDED_COLUMNS: dict[tuple[str, str], int | None] = {
     ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
-    ("samples", "grad_pass"): None, ("dists", "sampled"): None,
+    ("samples", "grad_pass"): None, ("dists", "sampled"): None, ("samples", "fingerprint_inner"): None,
 }
 
 TABLES: dict[str, pa.Schema] = {
