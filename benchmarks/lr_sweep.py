@@ -13,7 +13,11 @@ fixed there; seeds 22-25, never run before, are the held-out test (README). Two 
 about 1 minute per seed for the three CleanRL-style tasks and the bandit, 3 for the two SB3 ones
 here (OMP_NUM_THREADS=1).
 
-Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3] [--span 300]
+Held out in task: two MountainCar-v0 tasks (SWEEP_NEW_TASKS, the CleanRL-style and the SB3 trainer)
+were added after seeds 22-25 and before any of their runs; they run only by name (--tasks
+MountainCar).
+
+Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppo_probe  # noqa: E402
-from recommend import CYCLES, kl_of, select_tasks  # noqa: E402
+from recommend import CYCLES, SWEEP_NEW_TASKS, kl_of, select_tasks  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +40,7 @@ def main() -> None:
     parser.add_argument("--span", type=float, default=300.0, help="last cycle's lr / first cycle's")
     parser.add_argument("--target-kl", type=float, default=0.02)
     args = parser.parse_args()
-    tasks = select_tasks(parser, args.tasks)
+    tasks = select_tasks(parser, args.tasks, SWEEP_NEW_TASKS)
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
     rows = []

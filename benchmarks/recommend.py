@@ -89,16 +89,33 @@ TASKS = {"cartpole (CleanRL-style, Adam)": (run_cartpole, LRS),
 NEW_TASKS = {"cartpole (SB3 PPO defaults)": (run_sb3, LRS),
              "acrobot (SB3 PPO defaults)": (run_sb3_acrobot, LRS)}
 ALL_TASKS = {**TASKS, **NEW_TASKS}
+
+
+def run_mountaincar(lr: float, seed: int, out: Path, lr_sweep: float | None = None) -> Path:
+    return run_cartpole(lr, seed, out, env_id="MountainCar-v0", lr_sweep=lr_sweep)
+
+
+def run_sb3_mountaincar(lr: float, seed: int, out: Path, lr_sweep: float | None = None) -> Path:
+    return run_sb3(lr, seed, out, env_id="MountainCar-v0", lr_sweep=lr_sweep)
+
+
+# added after the lr sweep's held-out seeds, before any of their own runs: held out in task for the
+# sweep (benchmarks/lr_sweep.py --tasks MountainCar; not in ALL_TASKS, the five above)
+SWEEP_NEW_TASKS = {"mountaincar (CleanRL-style, Adam)": (run_mountaincar, LRS),
+                   "mountaincar (SB3 PPO defaults)": (run_sb3_mountaincar, LRS)}
 # cycles per run of each task's trainer (for an lr sweep's factor per cycle: benchmarks/lr_sweep.py)
-CYCLES = {run_cartpole: 12, run_acrobot: 12, run_bandit: 10, run_sb3: 8, run_sb3_acrobot: 8}
+CYCLES = {run_cartpole: 12, run_acrobot: 12, run_bandit: 10, run_sb3: 8, run_sb3_acrobot: 8,
+          run_mountaincar: 12, run_sb3_mountaincar: 8}
 
 
-def select_tasks(parser: argparse.ArgumentParser, words: list[str] | None) -> dict:
-    """The tasks whose name holds one of ``words`` (all five for None); a usage error for none."""
-    tasks = {name: spec for name, spec in ALL_TASKS.items()
+def select_tasks(parser: argparse.ArgumentParser, words: list[str] | None, extra: dict | None = None) -> dict:
+    """The tasks whose name holds one of ``words`` (all five for None), from ALL_TASKS and
+    ``extra`` (those only by name); a usage error for none."""
+    pool = {**ALL_TASKS, **(extra or {})}
+    tasks = {name: spec for name, spec in (ALL_TASKS if words is None else pool).items()
              if words is None or any(word.lower() in name.lower() for word in words)}
     if not tasks:
-        parser.error(f"no task matches {words}; tasks: {', '.join(ALL_TASKS)}")
+        parser.error(f"no task matches {words}; tasks: {', '.join(pool)}")
     return tasks
 
 
