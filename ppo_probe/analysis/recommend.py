@@ -242,7 +242,9 @@ def recommend(
                      f"{schedule[-1]:.3g}")
     if not np.isfinite(p_two):
         sentences.append("if a rerun at the recommended lr misses the band, analyze it with "
-                         "previous=<this run> (CLI: --previous) to read the KL's slope from the two runs")
+                         "previous=<this run> (CLI: --previous) to read the KL's slope from the two runs, "
+                         "or read the lr from one short lr sweep run (watch(lr_sweep=...); CLI: "
+                         "ppo-probe run --lr-sweep), which lands closer on trainers whose KL is flat in the lr")
     rationale = ". ".join(sentences) + "."
     return {
         "lr": lr_now * multiplier if np.isfinite(lr_now) else None,
