@@ -105,3 +105,11 @@ def test_sweep_lr_extends_a_sweep_that_misses_the_target_with_the_model():
     assert lr > 4e-4 and "never reached the target" in how
     lr, how = sweep_lr(lrs, np.array([0.05, 0.06, 0.07]), 0.02, knee=0.005)
     assert lr < 1e-4 and "started over the target" in how
+
+
+def test_sweep_lr_says_when_the_kl_jumps_over_the_band_in_one_cycle():
+    lrs = np.array([1e-3, 2e-3, 4e-3, 8e-3])
+    _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.009, 19.0]), 0.02, knee=0.005)
+    assert "jumps 2111x in one cycle" in how
+    _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.012, 0.03]), 0.02, knee=0.005)
+    assert "jumps" not in how

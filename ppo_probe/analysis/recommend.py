@@ -123,9 +123,15 @@ def sweep_lr(lrs: np.ndarray, kls: np.ndarray, target: float, knee: float) -> tu
     i = int(above[0])
     frac = (t - fitted[i - 1]) / (fitted[i] - fitted[i - 1]) if fitted[i] > fitted[i - 1] else 1.0
     lr = math.exp(x[i - 1] + frac * (x[i] - x[i - 1]))
-    return lr, (f"the per-cycle KL crosses the target between lr {lrs[i - 1]:.3g} (KL "
-                f"{math.exp(fitted[i - 1]):.3g}) and {lrs[i]:.3g} (KL {math.exp(fitted[i]):.3g}), "
-                "made non-decreasing in the lr")
+    lo_kl, hi_kl = math.exp(fitted[i - 1]), math.exp(fitted[i])
+    how = (f"the per-cycle KL crosses the target between lr {lrs[i - 1]:.3g} (KL {lo_kl:.3g}) and "
+           f"{lrs[i]:.3g} (KL {hi_kl:.3g}), made non-decreasing in the lr")
+    if hi_kl > SWEEP_CUT * target and hi_kl > 10 * lo_kl:
+        # a cliff, not a slope: MountainCar's KL went from ~0.01 to 2-22 in one cycle, and reruns
+        # at lrs read off such a jump landed anywhere from 2e-3 to a collapse (benchmarks/lr_sweep.py)
+        how += (f"; but it jumps {hi_kl / lo_kl:.0f}x in one cycle there, so no lr between may hold "
+                "the KL in the band: treat this lr as a guess and check the rerun's KL")
+    return lr, how
 
 
 def rl_games_rule(
