@@ -231,15 +231,28 @@ class _Images(gym.Env):
         return self._obs(), reward, False, self.t >= 16, {}
 
 
-@pytest.mark.parametrize("case", ["Taxi-v4 (Discrete observations, one-hot)", "uint8 images (CnnPolicy)"])
+class _DictImages(_Images):
+    """A dict observation of a uint8 image and a vector (MultiInputPolicy scales the image)."""
+
+    observation_space = gym.spaces.Dict({"img": _Images.observation_space,
+                                         "vec": gym.spaces.Box(-1, 1, (3,), np.float32)})
+
+    def _obs(self) -> dict:
+        return {"img": super()._obs(), "vec": self.np_random.uniform(-1, 1, 3).astype(np.float32)}
+
+
+@pytest.mark.parametrize("case", ["Taxi-v4 (Discrete observations, one-hot)", "uint8 images (CnnPolicy)",
+                                  "a dict of an image and a vector (MultiInputPolicy)"])
 def test_sb3_preprocessed_observations_pair(tmp_path, case):
     """SB3 samples through policy(obs) and updates through features_extractor(preprocess_obs(obs)):
-    a Discrete observation becomes one-hot and an image is scaled to [0, 1] in between, so the
-    two calls see different tensors. Before the inner input was kept, 0 of the update rows paired."""
+    a Discrete observation becomes one-hot and an image is scaled to [0, 1] in between (also an
+    image inside a dict observation), so the two calls see different tensors. Before the inner input was kept, 0 of the update rows paired."""
     if case.startswith("Taxi"):
         report, dumps = _learn_logged("Taxi-v4", 4, 4, tmp_path / "run")
-    else:
+    elif case.startswith("uint8"):
         report, dumps = _learn_logged(_Images(), 4, 3, tmp_path / "run", policy="CnnPolicy")
+    else:
+        report, dumps = _learn_logged(_DictImages(), 4, 3, tmp_path / "run", policy="MultiInputPolicy")
     run = report.run
     assert report.paired_fraction == 1.0
     assert not (report.diagnostics["severity"] == "error").any(), report.diagnostics

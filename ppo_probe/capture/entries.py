@@ -33,15 +33,16 @@ class Entry:
     # rows (SB3's policy(obs) runs features_extractor(preprocess_obs(obs)): a one-hot Discrete
     # observation, an image scaled to [0, 1]); the update may enter there, at features_extractor
     inner: torch.Tensor | None = None
+    inner_parts: tuple[torch.Tensor, ...] | None = None  # a dict input there (its tensors by key)
     inner_version: int = 0
     inner_seen: bool = False
 
     def current_version(self) -> int:
         """The version counter now (summed over a dict's tensors: any in-place write raises it)."""
-        return _version_of(self.tensor, self.parts)
+        return version_of(self.tensor, self.parts)
 
 
-def _version_of(tensor: torch.Tensor, parts: tuple[torch.Tensor, ...] | None) -> int:
+def version_of(tensor: torch.Tensor, parts: tuple[torch.Tensor, ...] | None) -> int:
     return tensor._version if parts is None else sum(p._version for p in parts)
 
 
@@ -115,7 +116,7 @@ class EntryTracker:
                 if self.depth == 0 or self._tensorless:
                     self._enter(actor, name, first_tensor(args, kwargs), args, nested=self.depth > 0)
                 elif self.depth == 1:
-                    self._inner(first_tensor(args, kwargs))
+                    self._inner(first_tensor(args, kwargs), args)
             except Exception as exc:  # noqa: BLE001 - never break the trainer
                 self._on_error("forward hook", exc)
             self.depth += 1
@@ -132,7 +133,7 @@ class EntryTracker:
                 elif self._tensorless and self._outer is not None:
                     self._enter("auto", self._root_label(self._outer), first_tensor(args), args, nested=True)
                 elif self.depth == 1:
-                    self._inner(first_tensor(args))
+                    self._inner(first_tensor(args), args)
                 if self.depth == 0:
                     self._outer = mod
             except Exception as exc:  # noqa: BLE001
@@ -167,22 +168,25 @@ class EntryTracker:
         self.roots[id(module)] = (weakref.ref(module), label)
         return label
 
-    def _inner(self, tensor: torch.Tensor | None) -> None:
-        """Keep the first direct child's input of the open outermost call (see ``Entry.inner``)."""
+    def _inner(self, tensor: torch.Tensor | None, args: tuple = ()) -> None:
+        """Keep the first direct child's input of the open outermost call (see ``Entry.inner``):
+        a tensor, or a dict of them (SB3's MultiInputPolicy preprocesses each key)."""
         entry = self._open
         if entry is None or entry.inner_seen:
             return
         entry.inner_seen = True
-        if (
-            tensor is None
-            or tensor is entry.tensor
-            or entry.parts is not None
-            or tensor.dim() == 0
-            or entry.tensor.dim() == 0
-            or tensor.shape[0] != entry.tensor.shape[0]
-        ):
+        parts = None
+        if tensor is None:
+            parts = first_dict_of_tensors(args)
+            if parts is None or (entry.parts is not None and len(parts) == len(entry.parts)
+                                 and all(a is b for a, b in zip(parts, entry.parts))):
+                return
+            tensor = parts[0]
+        elif tensor is entry.tensor and entry.parts is None:
             return
-        entry.inner, entry.inner_version = tensor, tensor._version
+        if tensor.dim() == 0 or entry.tensor.dim() == 0 or tensor.shape[0] != entry.tensor.shape[0]:
+            return
+        entry.inner, entry.inner_parts, entry.inner_version = tensor, parts, version_of(tensor, parts)
 
     def _enter(
         self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = (), nested: bool = False
@@ -201,7 +205,7 @@ class EntryTracker:
             actor=actor,
             module=module,
             tensor=tensor,
-            version=_version_of(tensor, parts),
+            version=version_of(tensor, parts),
             grad_enabled=torch.is_grad_enabled(),
             requires_grad=tensor.requires_grad if parts is None else any(p.requires_grad for p in parts),
             parts=parts,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import dynamo
-from .entries import EntryTracker
+from .entries import EntryTracker, version_of
 from .graph import graph_leaves
 from .records import CallRecord, DistRecord, Generation, StepRecord, dist_columns
 from .records import sample_columns, step_columns
@@ -299,14 +299,14 @@ class Session:
             kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
         else:  # a dict observation: its tensors side by side, in key order (cat copies)
             kept = torch.cat([p.detach().reshape(rows, -1) for p in entry.parts], dim=1)
-        inner = entry.inner
+        inner, inner_parts = entry.inner, entry.inner_parts
         kept_inner = None
-        if (
-            inner is not None
-            and inner._version == entry.inner_version
-            and inner.shape[0] == entry.tensor.shape[0]
-            and inner.numel() % rows == 0
-        ):
+        if inner is None or version_of(inner, inner_parts) != entry.inner_version:
+            pass
+        elif inner_parts is not None:
+            if all(p.numel() % rows == 0 for p in inner_parts):
+                kept_inner = torch.cat([p.detach().reshape(rows, -1) for p in inner_parts], dim=1)
+        elif inner.numel() % rows == 0:
             kept_inner = inner.detach().reshape(rows, -1).clone()
         return entry.actor, entry.module, kept, kept_inner, False
 
