@@ -54,6 +54,24 @@ def sb3_multidiscrete(out: Path) -> Path:
     return w.path
 
 
+def sb3_preprocessed(env_kind: str) -> Callable[[Path], Path]:
+    """SB3 PPO where preprocess_obs makes another tensor: one-hot Discrete observations (Taxi-v4),
+    uint8 images (CnnPolicy), a dict of an image and a vector (MultiInputPolicy)."""
+
+    def run(out: Path) -> Path:
+        import stable_baselines3 as sb3
+        from test_sb3 import _DictImages, _Images
+
+        env, policy = {"taxi": ("Taxi-v4", "MlpPolicy"), "images": (_Images(), "CnnPolicy"),
+                       "dict": (_DictImages(), "MultiInputPolicy")}[env_kind]
+        model = sb3.PPO(policy, env, n_steps=256, batch_size=64, n_epochs=4, seed=0, device="cpu", verbose=0)
+        with ppo_probe.watch(model.policy, model.policy.optimizer, out=out) as w:
+            model.learn(256 * 4)
+        return w.path
+
+    return run
+
+
 def maskable_ppo(out: Path) -> Path:
     from sb3_contrib import MaskablePPO
     from test_sb3_contrib import MaskedChoice
@@ -105,6 +123,9 @@ TRAINERS: dict[str, Callable[[Path], Path]] = {
     "SB3 PPO, Discrete (CartPole)": zoo("sb3_healthy"),
     "SB3 PPO, MultiDiscrete([3, 4])": sb3_multidiscrete,
     "SB3 PPO via ProbeCallback": sb3_callback,
+    "SB3 PPO, Taxi-v4 (Discrete observations)": sb3_preprocessed("taxi"),
+    "SB3 PPO, CnnPolicy (uint8 images)": sb3_preprocessed("images"),
+    "SB3 PPO, MultiInputPolicy (image + vector)": sb3_preprocessed("dict"),
     "sb3-contrib MaskablePPO": maskable_ppo,
     "sb3-contrib RecurrentPPO (LSTM)": recurrent_ppo,
     "TorchRL ClipPPOLoss": torchrl,
