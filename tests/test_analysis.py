@@ -199,11 +199,13 @@ def test_a_two_run_recommendation_moves_the_lr_at_most_4x():
 
 
 def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: bool = True,
-             update_by_hand: bool = False, sample_by_hand: bool = False, **schedule: int):
+             update_by_hand: bool = False, sample_by_hand: bool = False, update_samples: bool = False,
+             **schedule: int):
     """A 2-action PPO loop on a linear policy, 64 rows, 2 steps a cycle, with one of the ways a
     trainer can leave the probe without its usual facts: no old log-prob stored at sampling, a
     rollout with grad enabled (actions from ``dist.sample()`` or drawn by hand), or update
-    log-probs read by hand from ``dist.logits``."""
+    log-probs read by hand from ``dist.logits``, or an update that also samples and discards the
+    sample (skrl's ``CategoricalMixin.act``)."""
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
     optim = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -216,6 +218,8 @@ def _odd_run(tmp_path, cycles: int, *, old_logp: bool = True, rollout_no_grad: b
                 old = dist.log_prob(action).detach() if old_logp else torch.zeros(64)
             for _ in range(2):
                 dist = Categorical(logits=net(obs))
+                if update_samples:
+                    dist.sample()  # discarded: the loss takes the stored actions
                 if update_by_hand:
                     new = dist.logits.gather(1, action[:, None]).squeeze(1)
                 else:
@@ -254,6 +258,19 @@ def test_a_rollout_with_grad_enabled_is_read_as_sampling(tmp_path):
     scheduled = _odd_run(tmp_path / "scheduled", 7, rollout_no_grad=False, every=3, first_cycles=1)
     by_cycle = scheduled.run.pairs.groupby("cycle")["paired"].agg(["mean", "size"])
     assert list(by_cycle.index) == [0, 3, 6] and (by_cycle["mean"] == 1.0).all()
+
+
+@pytest.mark.parametrize("rollout_no_grad", [True, False])
+def test_an_update_that_also_samples_is_still_the_update(tmp_path, rollout_no_grad):
+    """skrl's CategoricalMixin.act calls sample() in the update too, then log_prob(taken_actions):
+    a grad-mode sample() is a rollout's only when log_prob is then taken of what it returned.
+    Before, each such update step opened a cycle and nothing was left to check."""
+    report = _odd_run(tmp_path, 3, rollout_no_grad=rollout_no_grad, update_samples=True)
+    assert report.nothing_to_check is None
+    assert len(report.per_cycle) == 3 and report.run.dists["sampled"].sum() == 3
+    assert len(report.run.pairs) == 3 * 2 * 64 and report.paired_fraction == 1.0
+    # (this loop redraws its advantages every step, so advantages-misaligned is its one error)
+    assert not {"unpaired-samples", "logprob-detached"} & set(report.ids)
 
 
 def test_a_rollout_with_grad_and_hand_drawn_actions_is_named(tmp_path):

@@ -149,7 +149,7 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
 def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     for session in _sessions:
-        session.on_sample(instance)
+        session.on_sample(instance, result)
     return result
 
 

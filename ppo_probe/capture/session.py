@@ -39,6 +39,11 @@ class Settings:
         return cycle < self.first_cycles or cycle % self.every == 0
 
 
+def _storage_of(t: torch.Tensor) -> int:
+    """The address of a tensor's storage: a view of the sampled actions shares it (no sync)."""
+    return int(t.untyped_storage().data_ptr())
+
+
 class ProbeFailures:
     """Counts failures of the probe itself per place; keeps the first message of each."""
 
@@ -85,6 +90,9 @@ class Session:
         # dropping it cost about as much as a recorded cycle: 1.09x plain on the 3x512 MLP)
         self.arming = False
         self._armed_dist: tuple[weakref.ref, tuple[Any, ...]] | None = None  # see on_dist_init
+        # a sample() made with grad enabled, until a log_prob tells what it was (see on_sample):
+        # (the Categorical, the storage of what sample() returned)
+        self._grad_sample: tuple[weakref.ref, int] | None = None
         self.recorded_cycles = 1
         self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
         self.resume: Any = lambda: None  # re-attach them
@@ -174,6 +182,8 @@ class Session:
     # ---------------------------------------------------------------- Categorical events
 
     def on_dist_init(self, dist: Any, source: Any = None) -> None:
+        if self._grad_sample is not None:
+            self._settle_grad_sample(None, None)
         if self.skipping:
             return
         try:
@@ -315,30 +325,61 @@ class Session:
             if id(leaf) not in self._logit_params:
                 self._logit_params[id(leaf)] = (weakref.ref(leaf), self.param_name(leaf))
 
-    def on_sample(self, dist: Any) -> None:
+    def on_sample(self, dist: Any, result: Any = None) -> None:
         if self.skipping and self.steps_in_cycle == 0:
             return  # a skipped cycle's sampling phase: the cheapest path
         try:
-            # sample() marks a sampling Categorical, also one built with grad enabled (a rollout
-            # without torch.no_grad(), its old log-probs detached afterwards)
-            record = self._record_of(dist)
-            if record is None and self.arming and torch.is_grad_enabled():
-                # the armed phase skips grad-mode constructions (the update's): one sampled from
-                # is the next cycle's first, recorded now with the inputs its construction took
-                kept = self._armed_dist
-                if kept is not None and kept[0]() is dist:
-                    self.entries.pending.extend(kept[1])
-                self._record_dist(dist, None)
-                record = self._record_of(dist)
-            if record is not None:
-                record.sampled = True
-            self.seen_sample = True
-            if self.steps_in_cycle > 0:
-                self._new_cycle(dist)
+            if self._grad_sample is not None:
+                self._settle_grad_sample(None, None)
+            if torch.is_grad_enabled() and isinstance(result, torch.Tensor):
+                # With grad enabled, sample() may be a rollout's (run without torch.no_grad(), its
+                # old log-probs detached afterwards) or an update's that discards the sample
+                # (skrl's CategoricalMixin.act samples, then takes log_prob(taken_actions)). The
+                # log_prob that follows tells them apart: on the sampled actions, a rollout's.
+                self._grad_sample = (weakref.ref(dist), _storage_of(result))
+                return
+            self._sampled(dist)
         except Exception as exc:  # noqa: BLE001
             self.fail("Categorical capture", exc)
 
+    def _settle_grad_sample(self, dist: Any, value: Any) -> None:
+        """Decide the pending grad-mode sample(): a log_prob of ``dist`` on ``value`` (None: no
+        log_prob came before the next Categorical or sample, which reads as a rollout's, as every
+        sample() did before)."""
+        pending, self._grad_sample = self._grad_sample, None
+        if pending is None:
+            return
+        sampled = pending[0]()
+        if sampled is None:
+            return
+        if sampled is dist and not (isinstance(value, torch.Tensor) and _storage_of(value) == pending[1]):
+            return  # log_prob of other actions: an update's Categorical that also sampled
+        self._sampled(sampled)
+
+    def _sampled(self, dist: Any) -> None:
+        """sample() marks a sampling Categorical, also one built with grad enabled, and opens a
+        cycle after optimizer steps."""
+        record = self._record_of(dist)
+        if record is None and self.arming and torch.is_grad_enabled():
+            # the armed phase skips grad-mode constructions (the update's): one sampled from
+            # is the next cycle's first, recorded now with the inputs its construction took
+            kept = self._armed_dist
+            if kept is not None and kept[0]() is dist:
+                self.entries.pending.extend(kept[1])
+            self._record_dist(dist, None)
+            record = self._record_of(dist)
+        if record is not None:
+            record.sampled = True
+        self.seen_sample = True
+        if self.steps_in_cycle > 0:
+            self._new_cycle(dist)
+
     def on_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
+        if self._grad_sample is not None:
+            try:
+                self._settle_grad_sample(dist, value)
+            except Exception as exc:  # noqa: BLE001
+                self.fail("Categorical capture", exc)
         if self.skipping:
             if self.steps_in_cycle > 0 and not self.seen_sample and not torch.is_grad_enabled():
                 try:
