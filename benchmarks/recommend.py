@@ -109,13 +109,19 @@ CYCLES = {run_cartpole: 12, run_acrobot: 12, run_bandit: 10, run_sb3: 8, run_sb3
 
 
 def select_tasks(parser: argparse.ArgumentParser, words: list[str] | None, extra: dict | None = None) -> dict:
-    """The tasks whose name holds one of ``words`` (all five for None), from ALL_TASKS and
-    ``extra`` (those only by name); a usage error for none."""
-    pool = {**ALL_TASKS, **(extra or {})}
-    tasks = {name: spec for name, spec in (ALL_TASKS if words is None else pool).items()
-             if words is None or any(word.lower() in name.lower() for word in words)}
+    """The tasks whose name holds one of ``words`` (all five for None); a word that matches none
+    of the five is looked up in ``extra`` (tasks run only by name); a usage error for none."""
+    if words is None:
+        return dict(ALL_TASKS)
+
+    def named(word: str, pool: dict) -> dict:
+        return {name: spec for name, spec in pool.items() if word.lower() in name.lower()}
+
+    tasks: dict = {}
+    for word in words:
+        tasks.update(named(word, ALL_TASKS) or named(word, extra or {}))
     if not tasks:
-        parser.error(f"no task matches {words}; tasks: {', '.join(pool)}")
+        parser.error(f"no task matches {words}; tasks: {', '.join({**ALL_TASKS, **(extra or {})})}")
     return tasks
 
 

@@ -28,7 +28,7 @@ from . import __version__
 from .analysis.config import SEVERITIES, find_pyproject, read_table
 from .analysis.report import Report, analyze, schedule_text
 from .errors import RunFormatError
-from .watch import watch
+from .watch import LR_SWEEP_MAX, watch
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
 _RANK = {severity: rank for rank, severity in enumerate(reversed(SEVERITIES))}  # info 0 < warning 1 < error 2
@@ -332,8 +332,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.every < 1:
         raise UsageError(f"--every must be >= 1, got {args.every}")
-    if args.lr_sweep is not None and not 1.0 < args.lr_sweep <= 100.0:
-        raise UsageError(f"--lr-sweep must be in (1, 100], got {args.lr_sweep}")
+    if args.lr_sweep is not None and not 1.0 < args.lr_sweep <= LR_SWEEP_MAX:
+        # checked here too: inside the script's context a ValueError would read as the script's
+        raise UsageError(f"--lr-sweep must be in (1, {LR_SWEEP_MAX:g}], got {args.lr_sweep}")
     if bool(args.module) == bool(args.script):
         raise UsageError("run needs exactly one of SCRIPT [ARGS...] or -m MODULE [ARGS...]")
     module, script, script_args = None, None, []

@@ -28,6 +28,9 @@ from .capture.session import Session, Settings
 from .storage.schema import TABLES
 from .storage.writer import RunWriter, base_meta, meta_name, write_json_atomic
 
+#: The largest lr factor per cycle ``watch(lr_sweep=...)`` takes (it must also be over 1).
+LR_SWEEP_MAX = 100.0
+
 Actor = nn.Module | Mapping[str, nn.Module] | None
 Optim = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
 
@@ -186,10 +189,10 @@ class Watch:
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         if lr_sweep is not None:
             if isinstance(lr_sweep, bool) or not isinstance(lr_sweep, (int, float)) or not (
-                1.0 < float(lr_sweep) <= 100.0
+                1.0 < float(lr_sweep) <= LR_SWEEP_MAX
             ):
-                raise ValueError(f"lr_sweep must be None or a number in (1, 100] (the lr's factor "
-                                 f"per cycle), got {lr_sweep!r}")
+                raise ValueError(f"lr_sweep must be None or a number in (1, {LR_SWEEP_MAX:g}] (the lr's "
+                                 f"factor per cycle), got {lr_sweep!r}")
             every, first_cycles = 1, 0  # a sweep needs every cycle's KL
         self.lr_sweep = float(lr_sweep) if lr_sweep is not None else None
         if flush_rows < 1:
@@ -332,38 +335,34 @@ class Watch:
         self._recorder = recorder
         stack.callback(recorder.clear)
         guarded_pre = _guarded(session, "optimizer pre-step hook", recorder.pre)
-        guarded_post = _guarded(session, "optimizer post-step hook", recorder.post)
 
         def pre(*args: Any) -> None:
             if not (session.skipping or session.arming):  # such steps: counted by the post hook only
                 guarded_pre(*args)
 
-        post = guarded_post
+        pres = [pre]
+        posts = [_guarded(session, "optimizer post-step hook", recorder.post)]
         if self.lr_sweep is not None:
+            # the sweep's hooks go around the recorder's: the lr is scaled before it is recorded
             sweep = LrSweep(self.lr_sweep, session)
             stack.callback(sweep.restore_all)
-            scale = _guarded(session, "lr sweep", lambda optimizer, *_: sweep.scale(optimizer))
-            restore = _guarded(session, "lr sweep", lambda optimizer, *_: sweep.restore(optimizer))
-
-            def pre(*args: Any) -> None:  # noqa: F811 - the sweep's: scaled before it is recorded
-                scale(*args)
-                guarded_pre(*args)
-
-            def post(*args: Any) -> None:
-                guarded_post(*args)
-                restore(*args)
-
+            pres.insert(0, _guarded(session, "lr sweep", lambda optimizer, *_: sweep.scale(optimizer)))
+            posts.append(_guarded(session, "lr sweep", lambda optimizer, *_: sweep.restore(optimizer)))
         # a compiled optimizer.step() runs them eagerly, at a graph break (see capture/dynamo.py)
-        post = dynamo.untraced(post)
-        pre = dynamo.untraced(pre)
+        pres = [dynamo.untraced(h) for h in pres]
+        posts = [dynamo.untraced(h) for h in posts]
         if not self.optimizers:
-            stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(pre))
-            stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(post))
+            for h in pres:
+                stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(h))
+            for h in posts:
+                stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(h))
             return recorder
         for optimizer in self.optimizers:
             recorder.index_of(optimizer)
-            stack.enter_context(optimizer.register_step_pre_hook(pre))
-            stack.enter_context(optimizer.register_step_post_hook(post))
+            for h in pres:
+                stack.enter_context(optimizer.register_step_pre_hook(h))
+            for h in posts:
+                stack.enter_context(optimizer.register_step_post_hook(h))
         return recorder
 
     # ---------------------------------------------------------------- leaving
