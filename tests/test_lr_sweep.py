@@ -107,9 +107,12 @@ def test_sweep_lr_extends_a_sweep_that_misses_the_target_with_the_model():
     assert lr < 1e-4 and "started over the target" in how
 
 
-def test_sweep_lr_says_when_the_kl_jumps_over_the_band_in_one_cycle():
+def test_sweep_lr_backs_off_one_step_from_a_cliff_instead_of_reading_across_it():
     lrs = np.array([1e-3, 2e-3, 4e-3, 8e-3])
-    _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.009, 19.0]), 0.02, knee=0.005)
-    assert "jumps 2111x in one cycle" in how
-    _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.012, 0.03]), 0.02, knee=0.005)
-    assert "jumps" not in how
+    # from 0.009 at 4e-3 to a collapse at 8e-3: interpolating would say ~4.4e-3, at the cliff's edge
+    lr, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.009, 19.0]), 0.02, knee=0.005)
+    assert "jumps 2111x in one cycle" in how and "one sweep step below" in how
+    assert lr == pytest.approx(2e-3)  # 4e-3, whose next cycle collapsed, divided by the step of 2
+    # a slope over the band is read as before
+    lr, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.012, 0.03]), 0.02, knee=0.005)
+    assert "jumps" not in how and 4e-3 < lr < 8e-3
