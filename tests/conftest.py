@@ -24,3 +24,15 @@ def _load_example():
 def cartpole():
     """The examples/cartpole_ppo.py module (Config, build, train)."""
     return _load_example()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trainers_temp_dir(tmp_path_factory):
+    """Trainers' own temporary files in pytest's temp dir: Stable-Baselines3 makes an empty
+    /tmp/SB3-<time> log folder at every learn() without a logger (about 60 a test run)."""
+    import tempfile
+
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempdir"))
+    yield
+    tempfile.tempdir = before
