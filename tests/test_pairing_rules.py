@@ -393,3 +393,87 @@ def test_observation_stays_the_input_past_many_calls_before_the_head(tmp_path):
     assert len(run.pairs) == 2 * 2 * steps * envs
     assert run.pairs["paired"].all()
     assert run.padding_rows == 0
+
+
+class _NumpyActor(torch.nn.Module):
+    """Tianshou's shape of actor: it is handed the NumPy observation array and makes the
+    tensor inside its trunk (``Net`` runs ``torch.as_tensor``), and the trunk is shared with
+    the critic."""
+
+    def __init__(self, trunk: torch.nn.Module, n_actions: int) -> None:
+        super().__init__()
+        self.preprocess = trunk
+        self.last = torch.nn.Linear(32, n_actions)
+
+    def forward(self, obs: np.ndarray) -> torch.Tensor:
+        return self.last(self.preprocess(obs))
+
+
+class _Trunk(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.model = torch.nn.Sequential(torch.nn.Linear(width, 32), torch.nn.Tanh())
+
+    def forward(self, obs: np.ndarray) -> torch.Tensor:
+        return self.model(torch.as_tensor(obs, dtype=torch.float32))
+
+
+def _train_numpy_obs_ppo(actor: _NumpyActor, critic_head: torch.nn.Module, optim, cycles: int = 4) -> None:
+    """PPO as Tianshou 2 runs it, on CartPole: the rollout builds its Categoricals in grad mode
+    and only samples; log-probs of the rollout are recomputed under no_grad before the update;
+    each minibatch calls the critic on the very observation array after the distribution."""
+    import gymnasium as gym
+
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(4)])
+    obs, _ = envs.reset(seed=0)
+    critic = lambda o: critic_head(actor.preprocess(o)).squeeze(-1)  # noqa: E731
+    for _ in range(cycles):
+        batch_obs, batch_act, rewards, dones = [], [], [], []
+        for _ in range(32):
+            act = Categorical(logits=actor(obs)).sample()  # grad mode, as Tianshou's collector
+            batch_obs.append(obs)
+            batch_act.append(act)
+            obs, r, term, trunc, _ = envs.step(act.numpy())
+            rewards.append(r)
+            dones.append(term | trunc)
+        all_obs = np.concatenate(batch_obs).astype(np.float32)
+        acts = torch.cat(batch_act)
+        with torch.no_grad():
+            values = critic(all_obs)
+            ret = torch.as_tensor(np.concatenate(rewards), dtype=torch.float32)
+            adv = ret - values
+            logp_old = Categorical(logits=actor(all_obs)).log_prob(acts)
+        for _ in range(3):
+            for idx in np.array_split(np.random.default_rng(0).permutation(len(all_obs)), 4):
+                mb_obs = all_obs[idx]  # one array for the actor and the critic, as minibatch.obs
+                dist = Categorical(logits=actor(mb_obs))
+                ratio = (dist.log_prob(acts[idx]) - logp_old[idx]).exp()
+                a = (adv[idx] - adv[idx].mean()) / (adv[idx].std() + 1e-8)
+                clip_loss = -torch.min(ratio * a, ratio.clamp(0.8, 1.2) * a).mean()
+                value_loss = (ret[idx] - critic(mb_obs)).pow(2).mean()
+                optim.zero_grad()
+                (clip_loss + 0.5 * value_loss - 0.01 * dist.entropy().mean()).backward()
+                optim.step()
+    envs.close()
+
+
+@pytest.mark.parametrize("watched", ["actor", "everything"])
+def test_an_actor_handed_numpy_observations_pairs_on_the_array(tmp_path, watched):
+    """Before the array counted as the input, the watched actor's first tensor input was its
+    head's (the shared trunk's features, which every step changes): 3.1% of Tianshou's update rows paired."""
+    torch.manual_seed(0)
+    actor = _NumpyActor(_Trunk(4), 2)
+    critic_head = torch.nn.Linear(32, 1)
+    optim = torch.optim.Adam([*actor.parameters(), *critic_head.parameters()], lr=3e-3)
+    target = actor if watched == "actor" else None
+    with ppo_probe.watch(target, optim if target is not None else None, out=tmp_path / "run", every=1,
+                         strict=True) as w:
+        _train_numpy_obs_ppo(actor, critic_head, optim)
+    report = ppo_probe.analyze(w.path)
+    pairs = report.run.pairs
+    assert len(pairs) == 4 * 3 * 128
+    assert pairs["paired"].all()
+    assert report.per_cycle["n_epochs"].eq(3).all()
+    assert report.per_cycle["kl_k3"].gt(0).all()
+    assert report.per_cycle["first_step_max_abs_log_ratio"].max() < 1e-5
+    assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics

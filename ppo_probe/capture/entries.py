@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,15 @@ def first_dict_of_tensors(args: Iterable[Any]) -> tuple[torch.Tensor, ...] | Non
     return None
 
 
+def first_array(args: Iterable[Any], kwargs: dict[str, Any] | None = None) -> np.ndarray | None:
+    """The first numeric NumPy array argument of at least one dimension (Tianshou hands its
+    actor ``batch.obs`` as one and makes the tensor inside), or None."""
+    for value in (*args, *(kwargs or {}).values()):
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.dtype.kind in "biuf":
+            return value
+    return None
+
+
 PENDING_HEAD = PENDING_TAIL = 32
 
 
@@ -107,6 +117,9 @@ class EntryTracker:
         # a watched module ran under torch.compile (its hooks then run eagerly: see .dynamo)
         self.compiled = False
         self._post = dynamo.untraced(self._leave, self._note_compiled)
+        # the last NumPy input taken and its tensor view: the same array gives the same tensor,
+        # so that a critic run on the actor's very observation array is told apart as with tensors
+        self._array: tuple[np.ndarray, torch.Tensor] | None = None
 
     def hooks_for(self, actor: str, module: nn.Module, name: str) -> tuple[Callable, Callable]:
         """Forward pre/post hooks for one module of actor ``actor``."""
@@ -114,7 +127,8 @@ class EntryTracker:
         def enter(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             try:
                 if self.depth == 0 or self._tensorless:
-                    self._enter(actor, name, first_tensor(args, kwargs), args, nested=self.depth > 0)
+                    self._enter(actor, name, first_tensor(args, kwargs), args, nested=self.depth > 0,
+                                kwargs=kwargs)
                 elif self.depth == 1:
                     self._inner(first_tensor(args, kwargs), args)
             except Exception as exc:  # noqa: BLE001 - never break the trainer
@@ -189,13 +203,21 @@ class EntryTracker:
         entry.inner, entry.inner_parts, entry.inner_version = tensor, parts, version_of(tensor, parts)
 
     def _enter(
-        self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = (), nested: bool = False
+        self, actor: str, module: str, tensor: torch.Tensor | None, args: tuple = (), nested: bool = False,
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         parts = None
         if tensor is None:
             # a dict observation: all its tensors together are the input row
             parts = first_dict_of_tensors(args)
             tensor = parts[0] if parts else None
+        if tensor is None:
+            # a module given a NumPy observation (Tianshou's actors): the array is the input row.
+            # Without this, a watched actor's first tensor input hooked was a child's (the shared
+            # trunk's features, which change with every optimizer step), and watching everything
+            # took the tensor made inside, a new one at every call, which a critic's call on
+            # the same array could not be told apart from
+            tensor = self._array_tensor(first_array(args, kwargs))
         # An outermost call without a tensor argument (TorchRL modules take a TensorDict): the
         # first nested call that has one stands for it.
         self._tensorless = tensor is None
@@ -216,6 +238,21 @@ class EntryTracker:
         if len(pending) > PENDING_HEAD + PENDING_TAIL:
             del pending[PENDING_HEAD]  # the oldest of the latest: the bound on held user tensors
         self._open = entry
+
+    def _array_tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
+        """A tensor sharing ``array``'s memory (no copy; the kept rows are cloned at the
+        Categorical, as for tensors); None when torch cannot view it (negative strides)."""
+        if array is None:
+            return None
+        cached = self._array
+        if cached is not None and cached[0] is array:
+            return cached[1]
+        try:
+            tensor = torch.from_numpy(array)
+        except (TypeError, ValueError):
+            return None
+        self._array = (array, tensor)
+        return tensor
 
     def attribute(
         self, grad_enabled: bool, batch_shape: tuple[int, ...], source: torch.Tensor | None = None
@@ -291,6 +328,7 @@ class EntryTracker:
         """Drop references to user tensors (at exit, and when the hooks are detached)."""
         self.pending.clear()
         self._last = self._head_of = self._open = None
+        self._array = None
         self._head_at = None
         self._head_outputs = []
         self._heads_taken = []
