@@ -5,6 +5,8 @@ trainer: update rows, paired fraction, median per-cycle KL and the diagnostics r
 severity). Healthy trainers at their default settings should raise no error; `update-too-small`
 is expected at default learning rates (KL under 0.2 x the 0.02 target).
 
+Tianshou's row runs only where tianshou is installed (it is not a test dependency).
+
 Usage: python benchmarks/integrations.py [--only WORD ...]
 """
 
@@ -111,6 +113,58 @@ def torchrl(out: Path) -> Path:
     return report.run.path
 
 
+def skrl_ppo(out: Path) -> Path:
+    from test_skrl import _train
+
+    return _train(out, scaler=False).run.path
+
+
+def tianshou_ppo(out: Path) -> Path:
+    """Tianshou 2's PPO on CartPole as its test/discrete/test_ppo_discrete.py builds it (shared
+    trunk, no advantage normalization), shrunk to 6 collect / update cycles; the actor watched.
+    Not a test dependency: tianshou 2.0.1 pins pandas < 3 (`pip install tianshou --no-deps` and
+    its other requirements runs it)."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from tianshou.algorithm import PPO
+    from tianshou.algorithm.modelfree.reinforce import DiscreteActorPolicy
+    from tianshou.algorithm.optim import AdamOptimizerFactory
+    from tianshou.data import Collector, CollectStats, VectorReplayBuffer
+    from tianshou.env import DummyVectorEnv
+    from tianshou.trainer import OnPolicyTrainerParams
+    from tianshou.utils.net.common import ActorCritic, Net
+    from tianshou.utils.net.discrete import DiscreteActor, DiscreteCritic
+
+    np.random.seed(0)
+    torch.manual_seed(0)
+    train_envs = DummyVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(8)])
+    test_envs = DummyVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(2)])
+    train_envs.seed(0)
+    test_envs.seed(0)
+    net = Net(state_shape=(4,), hidden_sizes=[64, 64])
+    actor = DiscreteActor(preprocess_net=net, action_shape=2)
+    critic = DiscreteCritic(preprocess_net=net)
+    for m in ActorCritic(actor, critic).modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.orthogonal_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    policy = DiscreteActorPolicy(actor=actor, dist_fn=torch.distributions.Categorical,
+                                 action_space=gym.spaces.Discrete(2), deterministic_eval=True)
+    algorithm = PPO(policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=3e-4), max_grad_norm=0.5,
+                    eps_clip=0.2, vf_coef=0.5, ent_coef=0.0, gae_lambda=0.95, advantage_normalization=False)
+    params = OnPolicyTrainerParams(
+        training_collector=Collector[CollectStats](algorithm, train_envs, VectorReplayBuffer(20000, 8)),
+        test_collector=Collector[CollectStats](algorithm, test_envs),
+        max_epochs=1, epoch_num_steps=3072, collection_step_num_env_steps=512,
+        update_step_num_repetitions=4, batch_size=64, test_step_num_episodes=2, show_progress=False,
+        verbose=False,
+    )
+    with ppo_probe.watch(actor, algorithm.optim._optim, out=out) as w:  # the torch optimizer inside
+        algorithm.run_training(params)
+    return w.path
+
+
 def ddp(out: Path) -> Path:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(ROOT / "tests" / "ddp_worker.py"), str(out)]
@@ -129,6 +183,8 @@ TRAINERS: dict[str, Callable[[Path], Path]] = {
     "sb3-contrib MaskablePPO": maskable_ppo,
     "sb3-contrib RecurrentPPO (LSTM)": recurrent_ppo,
     "TorchRL ClipPPOLoss": torchrl,
+    "skrl PPO (CategoricalMixin)": skrl_ppo,
+    "Tianshou PPO (NumPy observations)": tianshou_ppo,
     "two-actor MAPPO with masks": zoo("mappo_healthy"),
     "DDP, 2 gloo ranks": ddp,
 }
@@ -147,7 +203,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, train) in enumerate(trainers.items()):
-            report = ppo_probe.analyze(train(Path(tmp) / f"run{i}"))
+            try:
+                path = train(Path(tmp) / f"run{i}")
+            except ImportError as exc:  # an optional library (tianshou) not installed here
+                print(f"| {name} | not run: {exc} |  |  |  |", flush=True)
+                continue
+            report = ppo_probe.analyze(path)
             found = ", ".join(f"{r.id} ({r.severity})" for r in report.diagnostics.itertuples()) or "none"
             kl = report.per_cycle["kl_k3"].median()
             padding = f" (+{report.run.padding_rows:,} padding)" if report.run.padding_rows else ""
