@@ -113,6 +113,9 @@ def test_sweep_lr_backs_off_one_step_from_a_cliff_instead_of_reading_across_it()
     lr, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.009, 19.0]), 0.02, knee=0.005)
     assert "jumps 2111x in one cycle" in how and "one sweep step below" in how
     assert lr == pytest.approx(2e-3)  # 4e-3, whose next cycle collapsed, divided by the step of 2
+    assert "stayed under the band up to the jump (at most 0.009)" in how
+    _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.015, 19.0]), 0.02, knee=0.005)
+    assert "one sweep step below" in how and "under the band" not in how
     # a slope over the band is read as before
     lr, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.012, 0.03]), 0.02, knee=0.005)
     assert "jumps" not in how and 4e-3 < lr < 8e-3

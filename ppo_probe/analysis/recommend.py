@@ -140,8 +140,11 @@ def sweep_lr(lrs: np.ndarray, kls: np.ndarray, target: float, knee: float) -> tu
             lr = math.exp(float(x[i - 1]) - step)
             how += (f"; but it jumps {hi_kl / lo_kl:.0f}x in one cycle there (a cliff, not a slope), "
                     f"so the lr is read one sweep step below the last cycle before the jump "
-                    f"({lrs[i - 1]:.3g} / {math.exp(step):.3g}); the band may not be reachable by the lr "
-                    "alone: check the rerun's KL")
+                    f"({lrs[i - 1]:.3g} / {math.exp(step):.3g})")
+            if lo_kl < 0.5 * target:
+                how += (f"; the KL stayed under the band up to the jump (at most {lo_kl:.3g}), so the band "
+                        "may not be reachable by the lr alone")
+            how += ": check the rerun's KL"
         else:
             how += (f"; but it jumps {hi_kl / lo_kl:.0f}x in one cycle there, so no lr between may hold "
                     "the KL in the band: treat this lr as a guess and check the rerun's KL")
