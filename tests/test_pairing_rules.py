@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -477,3 +481,40 @@ def test_an_actor_handed_numpy_observations_pairs_on_the_array(tmp_path, watched
     assert report.per_cycle["kl_k3"].gt(0).all()
     assert report.per_cycle["first_step_max_abs_log_ratio"].max() < 1e-5
     assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+
+
+def test_a_read_only_numpy_observation_pairs_and_the_probe_raises_no_torch_warning(tmp_path):
+    """torch.from_numpy of a read-only array warns once per process (so a fresh one here); the
+    probe must not be the one to spend that warning: it copies such an array instead of viewing
+    it, and the trainer's own conversion then warns, from the trainer's line."""
+    script = f"""
+import sys, warnings
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np, torch, ppo_probe
+from torch.distributions import Categorical
+from test_pairing_rules import _NumpyActor, _Trunk
+torch.manual_seed(0)
+actor = _NumpyActor(_Trunk(4), 2)
+optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+obs.setflags(write=False)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with ppo_probe.watch(actor, optim, out={str(tmp_path / "run")!r}, strict=True) as w:
+        for _ in range(3):
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs))
+                act = dist.sample()
+                dist.log_prob(act)
+            for _ in range(2):
+                loss = -Categorical(logits=actor(obs)).log_prob(act).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+print("probe warnings", [str(m.message)[:80] for m in caught if "ppo_probe" in m.filename])
+print("paired", ppo_probe.analyze(w.path).paired_fraction)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "probe warnings []" in done.stdout, done.stdout
+    assert "paired 1.0" in done.stdout, done.stdout

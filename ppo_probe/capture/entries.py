@@ -240,15 +240,18 @@ class EntryTracker:
         self._open = entry
 
     def _array_tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
-        """A tensor sharing ``array``'s memory (no copy; the kept rows are cloned at the
-        Categorical, as for tensors); None when torch cannot view it (negative strides)."""
+        """A tensor sharing ``array``'s memory (no copy, but for a read-only array; the kept rows
+        are cloned at the Categorical, as for tensors); None when torch cannot view it (negative
+        strides)."""
         if array is None:
             return None
         cached = self._array
         if cached is not None and cached[0] is array:
             return cached[1]
         try:
-            tensor = torch.from_numpy(array)
+            # a read-only array (a view of an env's buffer) is copied: torch's view of it would
+            # warn, once per process, from here instead of from the trainer's own conversion
+            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         except (TypeError, ValueError):
             return None
         self._array = (array, tensor)
