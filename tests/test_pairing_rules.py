@@ -518,3 +518,56 @@ print("paired", ppo_probe.analyze(w.path).paired_fraction)
     assert done.returncode == 0, done.stderr
     assert "probe warnings []" in done.stdout, done.stdout
     assert "paired 1.0" in done.stdout, done.stdout
+
+
+class _OwnLogProb(Categorical):
+    """Computes log_prob and entropy without Categorical's (as TorchRL's MaskedCategorical)."""
+
+    def log_prob(self, value):
+        return -torch.nn.functional.cross_entropy(self.logits, value, reduction="none")
+
+    def entropy(self):
+        return -(self.probs * self.logits).sum(-1)
+
+
+class _SuperLogProb(Categorical):
+    """Overrides log_prob and entropy but calls Categorical's: one event each, not two."""
+
+    def log_prob(self, value):
+        return super().log_prob(value)
+
+    def entropy(self):
+        return super().entropy()
+
+
+@pytest.mark.parametrize("cls", [_OwnLogProb, _SuperLogProb])
+def test_categorical_subclasses_overriding_log_prob_are_seen_once(tmp_path, cls):
+    torch.manual_seed(0)
+    actor = torch.nn.Linear(3, 4)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-2)
+    obs = torch.randn(32, 3)
+    own = {name: cls.__dict__[name] for name in ("log_prob", "entropy")}
+    calls = 0
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", every=1, strict=True) as w:
+        for _ in range(3):
+            with torch.no_grad():
+                dist = cls(logits=actor(obs))
+                act = dist.sample()
+                dist.log_prob(act)
+                calls += 1
+            adv = torch.randn(32)
+            for _ in range(2):
+                dist = cls(logits=actor(obs))
+                loss = -(dist.log_prob(act) * adv).mean() - 0.01 * dist.entropy().mean()
+                calls += 1
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    # the subclass's own functions are back after the watch
+    assert all(cls.__dict__[name] is fn for name, fn in own.items())
+    report = ppo_probe.analyze(w.path)
+    counts = report.run.meta["counts"]
+    assert counts["log_prob_calls"] == calls and counts["untracked_log_prob_calls"] == 0
+    assert report.paired_fraction == 1.0 and len(report.run.pairs) == 3 * 2 * 32
+    assert report.run.dists.loc[report.run.dists["grad_enabled"], "grad_entropy"].notna().all()
+    assert report.per_cycle["kl_k3"].gt(0).all()

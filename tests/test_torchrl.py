@@ -19,8 +19,10 @@ torchrl = pytest.importorskip("torchrl")
 from tensordict.nn import TensorDictModule  # noqa: E402
 from torchrl.collectors import Collector  # noqa: E402
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement  # noqa: E402
-from torchrl.envs import GymEnv  # noqa: E402
-from torchrl.modules import ProbabilisticActor, ValueOperator  # noqa: E402
+from torchrl.data import Binary  # noqa: E402
+from torchrl.envs import GymEnv, Transform, TransformedEnv  # noqa: E402
+from torchrl.envs.transforms import ActionMask  # noqa: E402
+from torchrl.modules import MaskedCategorical, MaskedOneHotCategorical, ProbabilisticActor, ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
@@ -31,14 +33,42 @@ torch.distributions.Distribution.set_default_validate_args(_VALIDATE)
 FRAMES, MINIBATCH, EPOCHS, CYCLES = 256, 64, 3, 4
 
 
-def _train(which: str, out, lr=3e-3):
+class _MaskFromAngle(Transform):
+    """An ``action_mask`` from the pole's angle: one action excluded past 0.03 rad either way
+    (about two rows in three), both allowed otherwise; stored at rollout, read at update."""
+
+    def __init__(self) -> None:
+        super().__init__(in_keys=["observation"], out_keys=["action_mask"])
+
+    def _apply_transform(self, obs):
+        mask = torch.ones(*obs.shape[:-1], 2, dtype=torch.bool)
+        mask[..., 0] = ~(obs[..., 2] > 0.03)
+        mask[..., 1] = ~(obs[..., 2] < -0.03)
+        return mask
+
+    def _reset(self, tensordict, tensordict_reset):
+        return self._call(tensordict_reset)
+
+    def transform_observation_spec(self, observation_spec):
+        observation_spec["action_mask"] = Binary(n=2, shape=(*observation_spec.shape, 2), dtype=torch.bool)
+        return observation_spec
+
+
+def _train(which: str, out, lr=3e-3, dist: str = "categorical"):
     torch.manual_seed(0)
-    env = GymEnv("CartPole-v1", categorical_action_encoding=True)
+    env = GymEnv("CartPole-v1", categorical_action_encoding=dist != "masked_onehot")
+    in_keys: list | dict = ["logits"]
+    cls = torch.distributions.Categorical
+    if dist != "categorical":
+        env = TransformedEnv(env, _MaskFromAngle())
+        env.append_transform(ActionMask())
+        in_keys = {"logits": "logits", "mask": "action_mask"}
+        cls = MaskedCategorical if dist == "masked" else MaskedOneHotCategorical
     env.set_seed(0)
     net = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 2))
     actor = ProbabilisticActor(
-        TensorDictModule(net, in_keys=["observation"], out_keys=["logits"]), in_keys=["logits"],
-        spec=env.action_spec, distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        TensorDictModule(net, in_keys=["observation"], out_keys=["logits"]), in_keys=in_keys,
+        spec=env.action_spec, distribution_class=cls, return_log_prob=True,
     )  # fmt: skip
     critic = ValueOperator(nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 1)), in_keys=["observation"])
     loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.01)
@@ -95,3 +125,21 @@ def test_torchrl_logged_kl_and_clip_fraction_match(torchrl_run):
 def test_torchrl_inner_network_or_auto_mode_pair_too(tmp_path, which):
     report, _ = _train(which, tmp_path / "run")
     assert report.paired_fraction == 1.0
+
+
+@pytest.mark.parametrize("dist", ["masked", "masked_onehot"])
+def test_torchrl_masked_distributions_pair_and_match_its_logged_kl(tmp_path, dist):
+    """TorchRL's MaskedCategorical takes log_prob as -cross_entropy(logits, value), never
+    entering Categorical.log_prob, and its entropy is its own too (MaskedOneHotCategorical
+    hands the argmax to it): before the subclass's own methods were wrapped, no log-prob row
+    was written and the report said only "nothing to check"."""
+    report, logged = _train("actor", tmp_path / "run", dist=dist)
+    assert report.nothing_to_check is None
+    assert report.paired_fraction == 1.0 and len(report.run.pairs) == CYCLES * EPOCHS * FRAMES
+    assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+    sampling = report.run.dists[report.run.dists["sampled"]]
+    assert 0.2 < sampling["masked_mean"].mean() < 0.9  # the mask is seen on some rows, not all
+    np.testing.assert_allclose(report.per_step["kl_k1"], logged[:, 0], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(report.per_step["clip_fraction"], logged[:, 1], rtol=0, atol=1e-6)
+    update = report.run.dists[report.run.dists["grad_enabled"]]
+    assert update["grad_entropy"].notna().all()  # its own entropy() is seen too

@@ -1,6 +1,8 @@
 """The one wrapt patch: Categorical's __init__, sample, log_prob and entropy report to sessions.
 
-Categorical has no hook API, so this is the only place the probe patches a class. The patch is
+Categorical has no hook API, so this is the only place the probe patches a class (and the
+log_prob / entropy of a subclass that overrides them, from its first instance on: TorchRL's
+MaskedCategorical computes its log-prob as a cross-entropy, never entering Categorical's). The patch is
 installed when the first session attaches and the original functions are put back when the last
 one detaches, so nested and repeated watches share one patch. While every attached session is
 quiet (the sampling phase of a cycle the schedule skips, where no event is needed) the original
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import torch
 import wrapt
 from torch.distributions import Categorical
 
@@ -29,6 +33,22 @@ _sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers ite
 _originals: dict[str, Any] = {}  # non-empty while the patch is installed
 _quiet: frozenset[int] = frozenset()  # id() of the attached sessions that need no events now
 _INIT_CODE = Categorical.__dict__["__init__"].__code__
+# Subclasses that override log_prob or entropy without calling Categorical's (TorchRL's
+# MaskedCategorical takes -cross_entropy(logits, value)): their own methods are wrapped too, from
+# their first instance on, while the patch is installed. (class, name) -> the class's own function.
+_OVERRIDABLE = ("log_prob", "entropy")
+_sub_originals: dict[tuple[type, str], Any] = {}
+_subclasses: weakref.WeakSet[type] = weakref.WeakSet()  # seen: patched again at each install
+
+
+class _Events(threading.local):
+    """log_prob / entropy events reported in this thread: a subclass's wrapper reports only
+    when its call reported none (it did not reach Categorical's method, or an inner override)."""
+
+    n = 0
+
+
+_events = _Events()
 
 
 def attach(session: Session) -> Handle:
@@ -92,6 +112,33 @@ def _install() -> None:
         _originals[name] = original
         wrapped = _breaking_under_compile(original) if compilable else original
         setattr(Categorical, name, wrapt.FunctionWrapper(wrapped, wrappers[name]))
+    for cls in list(_subclasses):
+        _patch_subclass(cls)
+
+
+def _patch_subclass(cls: type) -> None:
+    """Wrap the log_prob / entropy that ``cls`` and its bases below Categorical define (under
+    the lock, with the patch installed)."""
+    compilable = dynamo.eagerly is not None
+    for klass in cls.__mro__:
+        if klass is Categorical:
+            break
+        for name in _OVERRIDABLE:
+            original = klass.__dict__.get(name)
+            if original is None or (klass, name) in _sub_originals or not callable(original):
+                continue
+            _sub_originals[(klass, name)] = original
+            wrapped = _breaking_under_compile(original) if compilable else original
+            setattr(klass, name, wrapt.FunctionWrapper(wrapped, _SUB_WRAPPERS[name]))
+
+
+def _seen_subclass(cls: type) -> None:
+    with _lock:
+        if cls in _subclasses:
+            return
+        _subclasses.add(cls)
+        if _originals:
+            _patch_subclass(cls)
 
 
 def _nothing() -> None:
@@ -125,8 +172,11 @@ def _uninstall() -> None:
     try:
         for name, original in _originals.items():
             setattr(Categorical, name, original)
+        for (klass, name), original in _sub_originals.items():
+            setattr(klass, name, original)
     finally:
         _originals.clear()
+        _sub_originals.clear()
 
 
 # Each wrapper runs the original first: if it raises, the trainer sees its own error untouched.
@@ -142,6 +192,9 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
             session.on_dist_init_failed(args, kwargs)
         raise
     source = kwargs.get("logits", kwargs.get("probs", args[0] if args else None))
+    cls = type(instance)
+    if cls is not Categorical and cls not in _subclasses:
+        _seen_subclass(cls)
     for session in _sessions:
         session.on_dist_init(instance, source)
 
@@ -155,6 +208,7 @@ def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
+    _events.n += 1
     value = args[0] if args else kwargs.get("value")
     for session in _sessions:
         session.on_log_prob(instance, value, result)
@@ -163,6 +217,33 @@ def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
+    _events.n += 1
     for session in _sessions:
         session.on_entropy(instance, result)
     return result
+
+
+def _sub_log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    before = _events.n
+    result = wrapped(*args, **kwargs)
+    if _events.n == before and isinstance(result, torch.Tensor):
+        _events.n += 1
+        value = args[0] if args else kwargs.get("value")
+        if not (isinstance(value, torch.Tensor) and value.dim() <= result.dim()):
+            value = None  # not one action index per log-prob (one-hot, say): counted as untracked
+        for session in _sessions:
+            session.on_log_prob(instance, value, result)
+    return result
+
+
+def _sub_entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    before = _events.n
+    result = wrapped(*args, **kwargs)
+    if _events.n == before and isinstance(result, torch.Tensor):
+        _events.n += 1
+        for session in _sessions:
+            session.on_entropy(instance, result)
+    return result
+
+
+_SUB_WRAPPERS = {"log_prob": _sub_log_prob, "entropy": _sub_entropy}
