@@ -310,3 +310,31 @@ def test_a_constant_lr_is_no_schedule(clipped_run):
     rec = ppo_probe.analyze(clipped_run).recommendation
     assert not rec["lr_scheduled"] and rec["lr_of_run"] == pytest.approx(3e-2)
     assert "schedule" not in rec["rationale"].split(". ")[0]
+
+
+def test_a_cycle_at_lr_zero_leaves_the_recommendation_to_the_others(clipped_run):
+    """The last update of a linear schedule runs at lr 0 with a KL of float noise (7e-10 in an
+    SB3 run): rl_games' rule then modelled the KL from lr 0 and took its log."""
+    from ppo_probe.analysis.config import Thresholds
+    from ppo_probe.analysis.recommend import recommend
+
+    report = ppo_probe.analyze(clipped_run)
+    cycles = report.per_cycle.copy()
+    cycles.loc[cycles.index[-1], ["lr", "kl_k3"]] = [0.0, 7e-10]
+    rec = recommend(cycles, report.per_step, report.run.steps, report.run.meta, Thresholds(), 0.2)
+    kept = report.per_cycle.iloc[:-1]
+    assert rec is not None and math.isfinite(rec["lr"]) and rec["lr"] > 0
+    assert rec["kl_per_cycle_median"] == pytest.approx(float(kept["kl_k3"].median()))
+
+
+def test_a_failing_recommendation_is_probe_degraded_not_a_traceback(clipped_run, monkeypatch):
+    from ppo_probe.analysis import report as report_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("math domain error")
+
+    monkeypatch.setattr(report_module, "recommend", broken)
+    report = ppo_probe.analyze(clipped_run)
+    assert report.recommendation is None
+    found = report.diagnostics.set_index("id").loc["probe-degraded", "evidence"]
+    assert "the recommendation failed (ValueError: math domain error)" in found

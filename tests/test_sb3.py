@@ -262,3 +262,22 @@ def test_sb3_preprocessed_observations_pair(tmp_path, case):
     logged_kl = np.array([d["train/approx_kl"] for d in dumps], dtype=np.float64)
     assert logged_kl.min() > 0  # the policy moved, so the KL comparison is not 0 == 0
     np.testing.assert_allclose(report.per_cycle["kl_k3"].iloc[: len(dumps)], logged_kl, rtol=1e-4)
+
+
+def test_sb3_linear_lr_schedule_to_zero_is_read_without_false_errors(tmp_path):
+    """SB3 sets progress_remaining = 1 - done / total before each update, so a linear schedule
+    (rl-zoo's lambda, SB3's LinearSchedule) runs its last update at lr exactly 0. analyze()
+    raised there (math domain error: the recommendation took the log of that lr), and the last
+    step's lr 0 read as an actor not optimized (actor-not-in-optimizer, an error)."""
+    model = sb3.PPO("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=4,
+                    learning_rate=lambda progress: 3e-4 * progress, seed=0, device="cpu", verbose=0)
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", strict=True) as w:
+        model.learn(total_timesteps=128 * 6)
+    report = ppo_probe.analyze(w.path)
+    lrs = report.per_cycle["lr"].astype(float)
+    assert lrs.iloc[-1] == 0 and lrs.iloc[0] > 0
+    assert report.paired_fraction == 1.0
+    assert {"actor-not-in-optimizer", "probe-degraded"}.isdisjoint(report.ids), report.diagnostics
+    assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+    rec = report.recommendation
+    assert rec is not None and 0 < rec["lr"] < 1 and rec["lr_scheduled"]

@@ -187,9 +187,10 @@ def check_actor_not_in_optimizer(ctx: Context):
         names = {p["name"] for p in params}
         actor_layers = ctx.layers[ctx.layers["name"].isin(names)]
         if len(actor_layers):
-            last = actor_layers.sort_values("step").groupby("name").tail(1)
-            lr_used = last["lr"].astype(float)
-            zero_lr = list(last.loc[lr_used.abs() <= ctx.thresholds.zero_lr, "name"])
+            # the largest lr each tensor had at any recorded step: a schedule that ends at 0
+            # (SB3's linear schedule runs its last update at lr exactly 0) optimized it before
+            lr_used = actor_layers["lr"].astype(float).abs().groupby(actor_layers["name"]).max()
+            zero_lr = list(lr_used.index[lr_used <= ctx.thresholds.zero_lr])
     parts = []
     if missing:
         n = sum(p["numel"] for p in params if p["name"] in missing)
@@ -198,8 +199,8 @@ def check_actor_not_in_optimizer(ctx: Context):
     if frozen:
         parts.append(f"{len(frozen)} are frozen (requires_grad=False): {_names(frozen)}")
     if zero_lr:
-        parts.append(f"{len(zero_lr)} have learning rate {_g(float(lr_used.min()))} "
-                     f"(<= {_g(ctx.thresholds.zero_lr)}): {_names(zero_lr)}")
+        parts.append(f"{len(zero_lr)} have learning rate {_g(float(lr_used[zero_lr].max()))} at most "
+                     f"(<= {_g(ctx.thresholds.zero_lr)}) at every recorded step: {_names(zero_lr)}")
     if not parts:
         return None
     fix = (
@@ -707,13 +708,19 @@ def run_checks(ctx: Context) -> list[Finding]:
         findings.append(Finding(diag.id, severity, diag.title, evidence, fix, first_step, tuple(cycles)))
         if severity == "error":
             ctx.errors_so_far.append(diag.id)
-    if broken and "probe-degraded" not in t.ignore:
-        merged = [f for f in findings if f.id == "probe-degraded"]
-        evidence = "; ".join(([merged[0].evidence] if merged else []) + broken)
-        findings = [f for f in findings if f.id != "probe-degraded"]
-        findings.append(Finding("probe-degraded", t.severities.get("probe-degraded", "info"),
-                                "The probe itself failed somewhere", evidence,
-                                "Report it with meta.json attached.", None, ()))
+    return degraded(findings, t, *broken)
+
+
+def degraded(findings: list[Finding], t: Thresholds, *broken: str) -> list[Finding]:
+    """``findings`` with ``broken`` (parts of the analysis that raised) added to probe-degraded."""
+    if not broken or "probe-degraded" in t.ignore:
+        return findings
+    merged = [f for f in findings if f.id == "probe-degraded"]
+    evidence = "; ".join(([merged[0].evidence] if merged else []) + list(broken))
+    findings = [f for f in findings if f.id != "probe-degraded"]
+    findings.append(Finding("probe-degraded", t.severities.get("probe-degraded", "info"),
+                            "The probe itself failed somewhere", evidence,
+                            "Report it with meta.json attached.", None, ()))
     return findings
 
 

@@ -204,6 +204,11 @@ def recommend(
     ``previous``: (lr, median per-cycle KL) of an earlier run of the same trainer, the second
     point the KL's slope in the lr is read from."""
     pc = per_cycle[per_cycle["kl_k3"].notna() & (per_cycle["kl_k3"].astype(float) > 0)]
+    if "lr" in pc:
+        # a cycle run at lr 0 (the end of SB3's linear schedule) says nothing of the KL's slope in
+        # the lr, and its KL is float noise; a cycle whose lr is unknown (NaN) is kept
+        lr_col = pc["lr"].astype(float)
+        pc = pc[~(lr_col <= 0) & ~np.isinf(lr_col)]
     if pc.empty:
         return None
     kl = float(pc["kl_k3"].astype(float).median())

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import build_thresholds, find_pyproject, read_table
-from .diagnostics import IDS, Context, run_checks
+from .diagnostics import IDS, Context, degraded, run_checks
 from .metrics import per_cycle, per_step
 from .pairing import joint_rows, update_dists
 from .recommend import recommend
@@ -331,6 +331,12 @@ def analyze(
     ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps,
                   sampled_cycles=sampled)
     findings = run_checks(ctx)
+    try:
+        recommendation = recommend(cycles, steps_table, run.steps, run.meta, t, eps,
+                                   _previous_point(previous, target_kl, clip_coef, pyproject, thresholds))
+    except Exception as exc:  # noqa: BLE001 - as a broken check: noted, the report still made
+        recommendation = None
+        findings = degraded(findings, t, f"the recommendation failed ({type(exc).__name__}: {exc})")
     diagnostics = pd.DataFrame(
         [{**f.__dict__, "cycles": list(f.cycles)} for f in findings], columns=DIAGNOSTIC_COLUMNS
     )
@@ -344,7 +350,6 @@ def analyze(
         per_step=steps_table,
         per_cycle=cycles,
         diagnostics=diagnostics,
-        recommendation=recommend(cycles, steps_table, run.steps, run.meta, t, eps,
-                                 _previous_point(previous, target_kl, clip_coef, pyproject, thresholds)),
+        recommendation=recommendation,
         settings=settings,
     )
