@@ -281,3 +281,31 @@ def test_sb3_linear_lr_schedule_to_zero_is_read_without_false_errors(tmp_path):
     assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
     rec = report.recommendation
     assert rec is not None and 0 < rec["lr"] < 1 and rec["lr_scheduled"]
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_sb3_value_clipping_that_freezes_the_critic_is_named_as_such(tmp_path, normalized):
+    """clip_range_vf=0.2 against CartPole's unnormalized returns (tens): the clipped value branch
+    is taken for every row a few epochs into each update, so the critic's gradient is exactly 0
+    on most steps while Adam's momentum moves it. update-without-gradient says so and points at
+    the clamp (before, its fix was to leave gradient-less tensors out of the optimizer, which
+    does not apply); with the returns normalized (VecNormalize) the critic learns and it is silent."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    if normalized:
+        env = VecNormalize(env, norm_obs=False, norm_reward=True)
+    model = sb3.PPO("MlpPolicy", env, n_steps=1024, batch_size=64, n_epochs=10, clip_range_vf=0.2,
+                    seed=0, device="cpu", verbose=0)
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", strict=True) as w:
+        model.learn(total_timesteps=1024 * 6)
+    report = ppo_probe.analyze(w.path)
+    assert report.paired_fraction == 1.0
+    assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+    if normalized:
+        assert "update-without-gradient" not in report.ids, report.diagnostics
+        return
+    found = report.diagnostics.set_index("id").loc["update-without-gradient"]
+    assert found["evidence"].startswith("mlp_extractor.value_net") and "a clamp" in found["evidence"]
+    assert "action_net" not in found["evidence"] and "clip_range_vf" in found["fix"]

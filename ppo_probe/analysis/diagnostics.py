@@ -587,14 +587,29 @@ def check_update_without_gradient(ctx: Context):
     matches = (rows["weight_decay"].astype(float) > 0) & (
         (rows["delta_norm"].astype(float) - decay).abs() <= 0.2 * decay.abs().clip(lower=1e-30)
     )
-    cause = ("the change equals lr x weight_decay x |w|: weight decay shrinks a tensor that gets no "
-             "gradient" if matches.mean() > 0.5 else
-             "optimizer state (momentum) keeps moving a tensor whose gradient is zero")
+    # a tensor with a nonzero gradient on its other steps is stopped by the loss on these (a
+    # clamp: SB3's clip_range_vf with unnormalized returns selects the clipped value for every
+    # row from a few epochs in), not left out of the graph
+    graded = flags[flags["name"].isin(culprits.index) & ~no_grad[flags.index]]
+    partial = set(graded["name"])
+    if matches.mean() > 0.5:
+        cause = "the change equals lr x weight_decay x |w|: weight decay shrinks a tensor that gets no gradient"
+    elif partial >= set(culprits.index):
+        cause = ("their gradient is nonzero on the other steps, so the loss stops it on these (a clamp "
+                 "whose constant branch every row takes, such as value clipping against unnormalized "
+                 "returns), and the optimizer's momentum moves them anyway")
+    else:
+        cause = "optimizer state (momentum) keeps moving a tensor whose gradient is zero"
     evidence = (f"{_names(culprits.index)} moved in {int(culprits['flagged'].sum())} of "
                 f"{int(culprits['steps'].sum())} steps with zero gradient (median change "
                 f"{_g(float(rows['delta_norm'].median()))}); {cause}")
-    fix = ("Leave tensors that get no gradient out of the optimizer (or give their param group "
-           "weight_decay=0), and use zero_grad(set_to_none=True).")
+    if partial >= set(culprits.index) and not matches.mean() > 0.5:
+        fix = ("Find the clamp that zeroes their gradient on those steps: with SB3's clip_range_vf, "
+               "normalize the returns (VecNormalize(norm_reward=True)) or drop value clipping "
+               "(clip_range_vf=None), so that the critic keeps learning in the later epochs.")
+    else:
+        fix = ("Leave tensors that get no gradient out of the optimizer (or give their param group "
+               "weight_decay=0), and use zero_grad(set_to_none=True).")
     return evidence, fix, _first_step(rows["step"]), _cycles(rows["cycle"])
 
 
