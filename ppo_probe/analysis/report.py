@@ -331,9 +331,10 @@ def analyze(
     ctx = Context(run.meta, pairs, run.dists, run.steps, run.layers, steps_table, cycles, t, eps,
                   sampled_cycles=sampled)
     findings = run_checks(ctx)
+    # a bad previous run is the caller's error (raised); only the computation itself is guarded
+    point = _previous_point(previous, target_kl, clip_coef, pyproject, thresholds)
     try:
-        recommendation = recommend(cycles, steps_table, run.steps, run.meta, t, eps,
-                                   _previous_point(previous, target_kl, clip_coef, pyproject, thresholds))
+        recommendation = recommend(cycles, steps_table, run.steps, run.meta, t, eps, point)
     except Exception as exc:  # noqa: BLE001 - as a broken check: noted, the report still made
         recommendation = None
         findings = degraded(findings, t, f"the recommendation failed ({type(exc).__name__}: {exc})")
