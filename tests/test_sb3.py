@@ -26,12 +26,12 @@ class _Capture(KVWriter):
         pass
 
 
-def _learn_logged(env, n_epochs: int, cycles: int, out, policy: str = "MlpPolicy"):
+def _learn_logged(env, n_epochs: int, cycles: int, out, policy: str = "MlpPolicy", **ppo):
     """SB3 PPO (lr high enough that clipping happens, so clip-fraction comparisons are not
     0 == 0) under the probe; returns the report and what SB3 itself logged per update."""
     model = sb3.PPO(
         policy, env, n_steps=256, batch_size=64, n_epochs=n_epochs,
-        learning_rate=3e-3, seed=0, device="cpu", verbose=0,
+        learning_rate=3e-3, seed=0, device="cpu", verbose=0, **ppo,
     )  # fmt: skip
     capture = _Capture()
     model.set_logger(Logger(folder=None, output_formats=[capture]))
@@ -67,6 +67,17 @@ def test_sb3_logged_kl_and_clip_fraction_match(sb3_run):
     report, dumps = sb3_run
     # SB3 dumps train/ metrics of iteration i at the start of iteration i + 1: the last is never dumped
     assert len(dumps) == 5
+    _assert_matches_sb3_logs(report, dumps, kl_rtol=1e-4)
+
+
+def test_sb3_target_kl_stop_counts_the_minibatch_it_stopped_on(tmp_path):
+    """With target_kl, SB3 takes the minibatch's log-probs and approx_kl, then breaks before its
+    step; its logged approx_kl and clip fraction count that minibatch. Leaving it out (its rows
+    reach no step) read 0.0088 for SB3's 0.0125 in such a cycle."""
+    report, dumps = _learn_logged("CartPole-v1", 10, 6, tmp_path / "run", target_kl=0.01)
+    stopped = report.per_cycle["n_epochs"].iloc[: len(dumps)] < 10
+    assert stopped.any(), "the comparison needs the guard to stop some cycle early"
+    assert "kl-early-stop" in report.ids
     _assert_matches_sb3_logs(report, dumps, kl_rtol=1e-4)
 
 

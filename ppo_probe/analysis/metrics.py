@@ -77,30 +77,56 @@ def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+_MINIBATCH_STATS = ["rank", "cycle", "epoch", "kl_k1", "kl_k2", "kl_k3", "kl_exact", "clip_fraction"]
+
+
+def untaken_minibatches(pairs: pd.DataFrame, clip_coef: float | None) -> pd.DataFrame:
+    """Per log_prob call whose rows reached no optimizer step (a KL guard's last minibatch: SB3's
+    target_kl computes the minibatch's log-probs and approx_kl, then breaks before its step), the
+    statistics a step's rows give: one row each, keyed by rank, cycle and epoch."""
+    rows = pairs[pairs["step"].isna() & pairs["paired"]] if "step" in pairs else pairs.iloc[:0]
+    if rows.empty or clip_coef is None or "call_id" not in rows:
+        return pd.DataFrame(columns=_MINIBATCH_STATS)
+    rows = rows.assign(
+        kl_k1=-rows["log_ratio"],
+        kl_k2=0.5 * rows["log_ratio"] ** 2,
+        clip_fraction=clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef),
+    )
+    return rows.groupby(["rank", "cycle", "call_id"]).agg(
+        epoch=("epoch", "max"), kl_k1=("kl_k1", "mean"), kl_k2=("kl_k2", "mean"), kl_k3=("k3", "mean"),
+        kl_exact=("kl_exact", "mean"), clip_fraction=("clip_fraction", "mean"),
+    ).reset_index()[_MINIBATCH_STATS]
+
+
+def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame, clip_coef: float | None = None) -> pd.DataFrame:
     """One row per cycle. ``kl_k3`` is the mean per-step k3 over the cycle's last epoch and
     ``clip_fraction`` the mean per-step ``|r-1| > eps`` over all its steps: exactly SB3's
-    ``train/approx_kl`` and ``train/clip_fraction``. Other columns name their aggregation:
+    ``train/approx_kl`` and ``train/clip_fraction``. With ``clip_coef`` given, a minibatch whose
+    log-probs reached no step (see :func:`untaken_minibatches`) counts as a step in those two
+    and the other ``_end`` columns, as SB3 counts it. Other columns name their aggregation:
     ``_end`` = mean over last-epoch steps, ``_mean`` = mean over all steps."""
     if step_table.empty:
         return pd.DataFrame(columns=_CYCLE_COLUMNS)
     s = step_table.copy()
-    last_epoch = s.groupby(["rank", "cycle"])["epoch"].transform("max")
-    s["is_last"] = s["epoch"] == last_epoch
     first_step = s.groupby(["rank", "cycle"])["step"].transform("min")
     s["first_abs"] = s["max_abs_log_ratio"].where(s["step"] == first_step)
-    end = s[s["is_last"].fillna(False).astype(bool)].groupby(["rank", "cycle"]).agg(
+    untaken = untaken_minibatches(pairs, clip_coef)
+    minibatches = pd.concat([s[_MINIBATCH_STATS], untaken], ignore_index=True) if len(untaken) else s[_MINIBATCH_STATS]
+    minibatches = minibatches.astype({"kl_k1": float, "kl_k2": float, "kl_k3": float, "kl_exact": float,
+                                      "clip_fraction": float})
+    last_epoch = minibatches.groupby(["rank", "cycle"])["epoch"].transform("max")
+    end = minibatches[(minibatches["epoch"] == last_epoch).fillna(False).astype(bool)].groupby(["rank", "cycle"]).agg(
         kl_k3=("kl_k3", "mean"),
         kl_k1_end=("kl_k1", "mean"),
         kl_k2_end=("kl_k2", "mean"),
         kl_exact_end=("kl_exact", "mean"),
     )
+    clip = minibatches.groupby(["rank", "cycle"]).agg(clip_fraction=("clip_fraction", "mean"))
     every = s.groupby(["rank", "cycle"]).agg(
         n_steps=("step", "size"),
         n_epochs=("epoch", lambda e: int(e.max()) + 1 if e.notna().any() else 0),
         rows=("rows", "sum"),
         paired_rows=("paired_rows", "sum"),
-        clip_fraction=("clip_fraction", "mean"),
         clip_fraction_grad_mean=("clip_fraction_grad", "mean"),
         kl_k3_mean=("kl_k3", "mean"),
         first_step_max_abs_log_ratio=("first_abs", "max"),
@@ -115,7 +141,7 @@ def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     ratio = paired.groupby(["rank", "cycle"]).agg(
         ratio_mean=("ratio", "mean"), adv_eff_mean=("adv_eff", "mean")
     )
-    table = every.join(end, how="left").join(ratio, how="left").reset_index()
+    table = every.join(end, how="left").join(clip, how="left").join(ratio, how="left").reset_index()
     table["match_rate"] = table["paired_rows"] / table["rows"].where(table["rows"] > 0)
     return table[_CYCLE_COLUMNS].sort_values(["rank", "cycle"]).reset_index(drop=True)
 

@@ -324,7 +324,7 @@ def analyze(
         inferred = infer_clip_coef(joint)
         eps, eps_source = (inferred, "inferred") if inferred else (DEFAULT_CLIP_COEF, "default")
     steps_table = per_step(joint, run.dists, run.steps, eps)
-    cycles = per_cycle(steps_table, joint)
+    cycles = per_cycle(steps_table, joint, eps)
     sampling = run.samples[run.samples["phase"] == "sampling"]
     keys = sampling[["rank", "cycle"]].fillna({"rank": 0}).drop_duplicates()
     sampled = frozenset(zip(keys["rank"].astype(int), keys["cycle"].astype(int)))
