@@ -81,6 +81,23 @@ def test_sb3_target_kl_stop_counts_the_minibatch_it_stopped_on(tmp_path):
     _assert_matches_sb3_logs(report, dumps, kl_rtol=1e-4)
 
 
+def test_sb3_clip_range_schedule_is_inferred_per_cycle(tmp_path):
+    """clip_range=lambda p: 0.2 * p shrinks eps every update: no single eps brackets the run's
+    clipped rows, so clip_coef fell back to 0.2 and the clip fractions read half of SB3's (0.0275
+    for its 0.0561) or less. Each cycle brackets its own eps."""
+    report, dumps = _learn_logged("CartPole-v1", 10, 6, tmp_path / "run", clip_range=lambda p: 0.2 * p)
+    assert report.settings["clip_coef_source"] == "inferred per cycle (a clip schedule)"
+    per_cycle = report.settings["clip_coef_per_cycle"]
+    expected = [0.2 * (1 - (c + 1) / 6) for c in range(6)]  # progress_remaining after rollout c
+    assert [per_cycle[c] for c in range(6)] == pytest.approx(expected, abs=0.005)
+    # the inferred eps is the simplest decimal its cycle brackets (0.067 for 0.0667): a row or two
+    # of a cycle may fall between
+    logged = np.array([d["train/clip_fraction"] for d in dumps])
+    np.testing.assert_allclose(report.per_cycle["clip_fraction"].iloc[: len(dumps)], logged, rtol=0, atol=2e-3)
+    logged_kl = np.array([d["train/approx_kl"] for d in dumps])
+    np.testing.assert_allclose(report.per_cycle["kl_k3"].iloc[: len(dumps)], logged_kl, rtol=1e-4)
+
+
 def test_sb3_first_step_of_each_cycle_has_ratio_one(sb3_run):
     report, _ = sb3_run
     pairs = report.run.pairs

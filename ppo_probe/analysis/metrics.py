@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numpy as np
 import pandas as pd
 
@@ -17,13 +19,23 @@ _STEP_COLUMNS = [
 ]  # fmt: skip
 
 
-def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip_coef: float) -> pd.DataFrame:
+ClipCoef: TypeAlias = "float | pd.Series"  # one eps, or eps by cycle (a clip schedule)
+
+
+def _clipped(rows: pd.DataFrame, clip_coef: ClipCoef) -> np.ndarray:
+    eps = clip_coef
+    if isinstance(clip_coef, pd.Series):
+        eps = rows["cycle"].astype("int64").map(clip_coef).astype(float).to_numpy()
+    return clipped_by_ratio(rows["ratio"].to_numpy(np.float64), eps)
+
+
+def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip_coef: ClipCoef) -> pd.DataFrame:
     """One row per optimizer step, over the update rows whose gradient fed that step."""
     rows = pairs[pairs["step"].notna()].copy()
     if rows.empty:
         return pd.DataFrame(columns=_STEP_COLUMNS)
     rows["step"] = rows["step"].astype("int64")
-    rows["clip_eps"] = clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef)
+    rows["clip_eps"] = _clipped(rows, clip_coef)
     rows["k1"] = -rows["log_ratio"]
     rows["k2"] = 0.5 * rows["log_ratio"] ** 2
     rows["abs_log_ratio"] = rows["log_ratio"].abs()
@@ -80,7 +92,7 @@ def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
 _MINIBATCH_STATS = ["rank", "cycle", "epoch", "kl_k1", "kl_k2", "kl_k3", "kl_exact", "clip_fraction"]
 
 
-def untaken_minibatches(pairs: pd.DataFrame, clip_coef: float | None) -> pd.DataFrame:
+def untaken_minibatches(pairs: pd.DataFrame, clip_coef: ClipCoef | None) -> pd.DataFrame:
     """Per log_prob call whose rows reached no optimizer step (a KL guard's last minibatch: SB3's
     target_kl computes the minibatch's log-probs and approx_kl, then breaks before its step), the
     statistics a step's rows give: one row each, keyed by rank, cycle and epoch."""
@@ -90,7 +102,7 @@ def untaken_minibatches(pairs: pd.DataFrame, clip_coef: float | None) -> pd.Data
     rows = rows.assign(
         kl_k1=-rows["log_ratio"],
         kl_k2=0.5 * rows["log_ratio"] ** 2,
-        clip_fraction=clipped_by_ratio(rows["ratio"].to_numpy(np.float64), clip_coef),
+        clip_fraction=_clipped(rows, clip_coef),
     )
     return rows.groupby(["rank", "cycle", "call_id"]).agg(
         epoch=("epoch", "max"), kl_k1=("kl_k1", "mean"), kl_k2=("kl_k2", "mean"), kl_k3=("k3", "mean"),
@@ -98,7 +110,7 @@ def untaken_minibatches(pairs: pd.DataFrame, clip_coef: float | None) -> pd.Data
     ).reset_index()[_MINIBATCH_STATS]
 
 
-def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame, clip_coef: float | None = None) -> pd.DataFrame:
+def per_cycle(step_table: pd.DataFrame, pairs: pd.DataFrame, clip_coef: ClipCoef | None = None) -> pd.DataFrame:
     """One row per cycle. ``kl_k3`` is the mean per-step k3 over the cycle's last epoch and
     ``clip_fraction`` the mean per-step ``|r-1| > eps`` over all its steps: exactly SB3's
     ``train/approx_kl`` and ``train/clip_fraction``. With ``clip_coef`` given, a minibatch whose

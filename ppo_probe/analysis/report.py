@@ -262,6 +262,21 @@ def infer_clip_coef(pairs: pd.DataFrame) -> float | None:
     return (lo + hi) / 2
 
 
+def infer_clip_schedule(pairs: pd.DataFrame) -> pd.Series | None:
+    """eps by cycle, inferred as :func:`infer_clip_coef` does within each cycle, when the run's
+    rows bracket no single eps but at least two cycles each bracket a different one (SB3's
+    ``clip_range`` schedule); a cycle bracketing none takes its nearest cycle's. None otherwise."""
+    if pairs.empty:
+        return None
+    found = {int(c): e for c, rows in pairs.groupby("cycle") if (e := infer_clip_coef(rows)) is not None}
+    if len(found) < 2 or max(found.values()) < 1.2 * min(found.values()):
+        return None
+    cycles = sorted(int(c) for c in pairs["cycle"].dropna().unique())
+    known = np.array(sorted(found))
+    nearest = [found[int(known[np.abs(known - c).argmin()])] for c in cycles]
+    return pd.Series(nearest, index=cycles, dtype=float)
+
+
 def _previous_point(
     previous: Report | Run | str | os.PathLike[str] | None,
     target_kl: float | None,
@@ -323,8 +338,11 @@ def analyze(
     else:
         inferred = infer_clip_coef(joint)
         eps, eps_source = (inferred, "inferred") if inferred else (DEFAULT_CLIP_COEF, "default")
-    steps_table = per_step(joint, run.dists, run.steps, eps)
-    cycles = per_cycle(steps_table, joint, eps)
+    schedule = infer_clip_schedule(joint) if eps_source == "default" else None
+    if schedule is not None:
+        eps, eps_source = float(schedule.median()), "inferred per cycle (a clip schedule)"
+    steps_table = per_step(joint, run.dists, run.steps, schedule if schedule is not None else eps)
+    cycles = per_cycle(steps_table, joint, schedule if schedule is not None else eps)
     sampling = run.samples[run.samples["phase"] == "sampling"]
     keys = sampling[["rank", "cycle"]].fillna({"rank": 0}).drop_duplicates()
     sampled = frozenset(zip(keys["rank"].astype(int), keys["cycle"].astype(int)))
@@ -345,7 +363,8 @@ def analyze(
         order = diagnostics["severity"].map(_SEVERITY_ORDER)
         diagnostics = diagnostics.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
     settings = {k: v for k, v in t.__dict__.items()}
-    settings.update(clip_coef=eps, clip_coef_source=eps_source, pyproject=str(source) if source else None)
+    settings.update(clip_coef=eps, clip_coef_source=eps_source, pyproject=str(source) if source else None,
+                    clip_coef_per_cycle=None if schedule is None else {int(c): float(e) for c, e in schedule.items()})
     return Report(
         run=run,
         per_step=steps_table,
