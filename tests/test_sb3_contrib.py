@@ -85,3 +85,29 @@ def test_recurrent_ppo_pairs_every_row_its_loss_uses(tmp_path):
     assert warnings <= ({"update-too-small"} if kl < 0.2 * 0.02 else set())
     # SB3 normalizes advantages over the mask: the loss divides by the real rows, not the padded
     assert report.per_step["adv_eff_std"].median() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_maskable_ppo_with_masks_not_given_by_the_observation(tmp_path):
+    """sb3-contrib's own InvalidActionEnvDiscrete draws new invalid actions at every step, so one
+    (observation, action) is sampled under several masks and an update row cannot tell which
+    sample it is. Its logits were compared with the first one's: a per-cycle exact KL of 1.2e7
+    (the masked logits' -1e8 against unmasked ones). Such rows are left out of the exact KL.
+    And each MaskableCategorical was recorded three times, two of them unmasked."""
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+
+    env = InvalidActionEnvDiscrete(dim=40, n_invalid_actions=30)
+    model = sb3_contrib.MaskablePPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=0,
+                                    device="cpu", verbose=0)
+    with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", every=1) as w:
+        model.learn(256 * 5)
+    report = ppo_probe.analyze(w.path)
+    assert report.paired_fraction == 1.0
+    assert (report.run.pairs["multiplicity"] > 1).any(), "the case needs repeated (observation, action)s"
+    assert report.per_cycle["kl_exact_end"].max() < 0.01
+    assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+    # MaskableCategorical runs __init__ three times (unmasked twice, then masked): one record is
+    # kept, the masked one, so the entropy is over the 10 valid actions (log 10), not 3.23
+    dists = report.run.dists
+    assert len(dists) == report.run.meta["counts"]["dists"]
+    assert (dists["masked_mean"] == 30).all()
+    assert report.per_step["entropy"].iloc[0] == pytest.approx(np.log(10), abs=0.01)

@@ -110,8 +110,18 @@ def build_pairs(
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
         columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )
-    multiplicity = sampling.groupby(PAIR_KEY, sort=False).size().rename("multiplicity")
+    by_key = sampling.groupby(PAIR_KEY, sort=False)
+    multiplicity = by_key.size().rename("multiplicity")
+    # duplicates of one (input, action) that were sampled with different log-probs (a mask that is
+    # not a function of the observation: sb3-contrib's InvalidActionEnvDiscrete draws new invalid
+    # actions every step): which one an update row is, is unknown, so its logits are not compared
+    logp = sampling["logp"].astype(float)
+    spread = (logp.groupby([sampling[k] for k in PAIR_KEY], sort=False).max()
+              - logp.groupby([sampling[k] for k in PAIR_KEY], sort=False).min())
+    ambiguous = (spread.abs() > 1e-6).rename("ambiguous")
+    ambiguous.index.names = PAIR_KEY
     old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
+    old = old.merge(ambiguous, left_on=PAIR_KEY, right_index=True, how="left")
 
     update = samples.loc[samples["phase"] == "update"]
     first_row = update.groupby(["rank", "call_id"], sort=False)["row"].transform("min")
@@ -141,11 +151,9 @@ def build_pairs(
     with np.errstate(divide="ignore", invalid="ignore"):
         adv = -grad * pairs["loss_rows"].to_numpy(np.float64) / terms["ratio"]
     pairs["adv_eff"] = np.where(observable, adv, np.nan)
-    pairs["kl_exact"], pairs["logit_scale"] = compare_logits(
-        logits,
-        pairs["new_row"].to_numpy(np.int64),
-        pairs["old_row"].to_numpy(np.float64, na_value=np.nan),
-    )
+    old_rows = pairs["old_row"].to_numpy(np.float64, na_value=np.nan).copy()
+    old_rows[pairs["ambiguous"].fillna(False).to_numpy(bool)] = np.nan
+    pairs["kl_exact"], pairs["logit_scale"] = compare_logits(logits, pairs["new_row"].to_numpy(np.int64), old_rows)
     if not pad.any():
         return pairs[list(_EMPTY_PAIRS)], 0
     return pairs.loc[~pad, list(_EMPTY_PAIRS)].reset_index(drop=True), int(pad.sum())

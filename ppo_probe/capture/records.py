@@ -61,6 +61,7 @@ class DistRecord:
     fingerprint_inner: torch.Tensor | None = None
     grad_entropy: list[torch.Tensor] | None = None  # made at the first gradient hook
     sampled: bool = False  # sample() was called on it: a sampling Categorical, whatever the grad mode
+    used: bool = False  # a log_prob call was recorded on it
 
 
 @dataclass(eq=False, slots=True)

@@ -275,6 +275,16 @@ class Session:
             gen=self._gen,
             head=head,
         )
+        if previous is not None and not (previous.used or previous.sampled or previous.grad_entropy) \
+                and self._dists and self._dists[-1] is previous:
+            # the same instance initialized again before any event (sb3-contrib's
+            # MaskableCategorical runs __init__ three times: unmasked twice, then with the masks):
+            # only the last state is the distribution the trainer uses
+            self._dists.pop()
+            self.counts["dists"] -= 1
+            if previous.entry is None:
+                self.counts["unattributed_dists"] -= 1
+            self._buffered_bytes -= previous.logits.numel() * previous.logits.element_size()
         self._last_dist = record
         if not logits.is_cpu:
             self._off_host = True
@@ -431,6 +441,7 @@ class Session:
             n=n,
             gen=self._gen,
         )
+        record.used = True
         self._next_call += 1
         self.counts["log_prob_calls"] += 1
         self.counts["rows"] += n
