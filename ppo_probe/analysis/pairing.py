@@ -115,11 +115,9 @@ def build_pairs(
     # duplicates of one (input, action) that were sampled with different log-probs (a mask that is
     # not a function of the observation: sb3-contrib's InvalidActionEnvDiscrete draws new invalid
     # actions every step): which one an update row is, is unknown, so its logits are not compared
-    logp = sampling["logp"].astype(float)
-    spread = (logp.groupby([sampling[k] for k in PAIR_KEY], sort=False).max()
-              - logp.groupby([sampling[k] for k in PAIR_KEY], sort=False).min())
-    ambiguous = (spread.abs() > 1e-6).rename("ambiguous")
-    ambiguous.index.names = PAIR_KEY
+    repeated = sampling[sampling.duplicated(PAIR_KEY, keep=False)]
+    logp = repeated.groupby(PAIR_KEY, sort=False)["logp"].agg(["min", "max"])
+    ambiguous = ((logp["max"] - logp["min"]).abs() > 1e-6).rename("ambiguous")
     old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
     old = old.merge(ambiguous, left_on=PAIR_KEY, right_index=True, how="left")
 

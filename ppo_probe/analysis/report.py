@@ -266,9 +266,10 @@ def infer_clip_schedule(pairs: pd.DataFrame) -> pd.Series | None:
     """eps by cycle, inferred as :func:`infer_clip_coef` does within each cycle, when the run's
     rows bracket no single eps but at least two cycles each bracket a different one (SB3's
     ``clip_range`` schedule); a cycle bracketing none takes its nearest cycle's. None otherwise."""
-    if pairs.empty:
+    rows = pairs.loc[pairs["paired"] & pairs["grad_logp"].notna(), ["cycle", "paired", "grad_logp", "ratio", "adv_eff"]]
+    if (rows["grad_logp"].astype(float) == 0).sum() < 10:  # fewer than 2 cycles' worth of clipped rows
         return None
-    found = {int(c): e for c, rows in pairs.groupby("cycle") if (e := infer_clip_coef(rows)) is not None}
+    found = {int(c): e for c, group in rows.groupby("cycle") if (e := infer_clip_coef(group)) is not None}
     if len(found) < 2 or max(found.values()) < 1.2 * min(found.values()):
         return None
     cycles = sorted(int(c) for c in pairs["cycle"].dropna().unique())
