@@ -481,6 +481,10 @@ def test_an_actor_handed_numpy_observations_pairs_on_the_array(tmp_path, watched
     assert report.per_cycle["kl_k3"].gt(0).all()
     assert report.per_cycle["first_step_max_abs_log_ratio"].max() < 1e-5
     assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
+    # the rollout's grad-mode Categoricals are dropped right after sample(): still a rollout's
+    # (before, all 128 counted as update Categoricals, in the per-step entropy among others)
+    grad_mode = report.run.dists[report.run.dists["grad_enabled"]]
+    assert int(grad_mode["sampled"].sum()) == 4 * 32 and int((~grad_mode["sampled"]).sum()) == 4 * 3 * 4
 
 
 def test_a_read_only_numpy_observation_pairs_and_the_probe_raises_no_torch_warning(tmp_path):

@@ -91,8 +91,8 @@ class Session:
         self.arming = False
         self._armed_dist: tuple[weakref.ref, tuple[Any, ...]] | None = None  # see on_dist_init
         # a sample() made with grad enabled, until a log_prob tells what it was (see on_sample):
-        # (the Categorical, the storage of what sample() returned)
-        self._grad_sample: tuple[weakref.ref, int] | None = None
+        # (the Categorical, the storage of what sample() returned, its record)
+        self._grad_sample: tuple[weakref.ref, int, DistRecord | None] | None = None
         self.recorded_cycles = 1
         self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
         self.resume: Any = lambda: None  # re-attach them
@@ -346,7 +346,7 @@ class Session:
                 # old log-probs detached afterwards) or an update's that discards the sample
                 # (skrl's CategoricalMixin.act samples, then takes log_prob(taken_actions)). The
                 # log_prob that follows tells them apart: on the sampled actions, a rollout's.
-                self._grad_sample = (weakref.ref(dist), _storage_of(result))
+                self._grad_sample = (weakref.ref(dist), _storage_of(result), self._record_of(dist))
                 return
             self._sampled(dist)
         except Exception as exc:  # noqa: BLE001
@@ -361,6 +361,16 @@ class Session:
             return
         sampled = pending[0]()
         if sampled is None:
+            # freed before any log_prob (`Categorical(logits=actor(obs)).sample()` in grad mode,
+            # the distribution dropped at once; Tianshou's collector's last of a cycle): no
+            # log_prob can follow, which reads as a rollout's
+            record = pending[2]
+            if record is not None:
+                record.sampled = True
+                self.seen_sample = True
+                if self.steps_in_cycle > 0:
+                    self._new_cycle()
+                    record.cycle, record.seq = self.cycle, self.seq
             return
         if sampled is dist and not (isinstance(value, torch.Tensor) and _storage_of(value) == pending[1]):
             return  # log_prob of other actions: an update's Categorical that also sampled
