@@ -44,8 +44,8 @@ def main() -> None:
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
     rows = []
-    print("| task | seed | lr | sweep's per-cycle KLs | recommended lr | KL of rerun | on target |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | seed | lr | sweep's per-cycle KLs | read off a cliff | recommended lr | KL of rerun | on target |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for task, (run, lrs) in tasks.items():
@@ -55,10 +55,11 @@ def main() -> None:
                     report = ppo_probe.analyze(run(lr, seed, base, lr_sweep=factor), target_kl=target)
                     kls = " ".join(f"{v:.3g}" for v in report.per_cycle["kl_k3"])
                     lr_rec = report.recommendation["lr"]
+                    cliff = "a cliff, not a slope" in report.recommendation["rationale"]
                     kl1, _ = kl_of(run(lr_rec, seed, base.with_name(base.name + "-rec")), target)
                     rows.append((task, kl1))
-                    print(f"| {task} | {seed} | {lr:.3g} | {kls} | {lr_rec:.3g} | {kl1:.3g} | "
-                          f"{'yes' if inside(kl1) else 'no'} |", flush=True)
+                    print(f"| {task} | {seed} | {lr:.3g} | {kls} | {'yes' if cliff else 'no'} | {lr_rec:.3g} | "
+                          f"{kl1:.3g} | {'yes' if inside(kl1) else 'no'} |", flush=True)
     print("| task | rerun on target |")
     print("|---|---|")
     for task in tasks:

@@ -591,10 +591,10 @@ def check_update_without_gradient(ctx: Context):
     # clamp: SB3's clip_range_vf with unnormalized returns selects the clipped value for every
     # row from a few epochs in), not left out of the graph
     graded = flags[flags["name"].isin(culprits.index) & ~no_grad[flags.index]]
-    partial = set(graded["name"])
+    clamp = matches.mean() <= 0.5 and set(graded["name"]) >= set(culprits.index)
     if matches.mean() > 0.5:
         cause = "the change equals lr x weight_decay x |w|: weight decay shrinks a tensor that gets no gradient"
-    elif partial >= set(culprits.index):
+    elif clamp:
         cause = ("their gradient is nonzero on the other steps, so the loss stops it on these (a clamp "
                  "whose constant branch every row takes, such as value clipping against unnormalized "
                  "returns), and the optimizer's momentum moves them anyway")
@@ -603,7 +603,7 @@ def check_update_without_gradient(ctx: Context):
     evidence = (f"{_names(culprits.index)} moved in {int(culprits['flagged'].sum())} of "
                 f"{int(culprits['steps'].sum())} steps with zero gradient (median change "
                 f"{_g(float(rows['delta_norm'].median()))}); {cause}")
-    if partial >= set(culprits.index) and not matches.mean() > 0.5:
+    if clamp:
         fix = ("Find the clamp that zeroes their gradient on those steps: with SB3's clip_range_vf, "
                "normalize the returns (VecNormalize(norm_reward=True)) or drop value clipping "
                "(clip_range_vf=None), so that the critic keeps learning in the later epochs.")

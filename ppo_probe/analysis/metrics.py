@@ -96,8 +96,8 @@ def untaken_minibatches(pairs: pd.DataFrame, clip_coef: ClipCoef | None) -> pd.D
     """Per log_prob call whose rows reached no optimizer step (a KL guard's last minibatch: SB3's
     target_kl computes the minibatch's log-probs and approx_kl, then breaks before its step), the
     statistics a step's rows give: one row each, keyed by rank, cycle and epoch."""
-    rows = pairs[pairs["step"].isna() & pairs["paired"]] if "step" in pairs else pairs.iloc[:0]
-    if rows.empty or clip_coef is None or "call_id" not in rows:
+    rows = pairs[pairs["step"].isna() & pairs["paired"]]
+    if rows.empty or clip_coef is None:
         return pd.DataFrame(columns=_MINIBATCH_STATS)
     rows = rows.assign(
         kl_k1=-rows["log_ratio"],

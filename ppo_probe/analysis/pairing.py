@@ -110,8 +110,7 @@ def build_pairs(
     old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
         columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )
-    by_key = sampling.groupby(PAIR_KEY, sort=False)
-    multiplicity = by_key.size().rename("multiplicity")
+    multiplicity = sampling.groupby(PAIR_KEY, sort=False).size().rename("multiplicity")
     # duplicates of one (input, action) that were sampled with different log-probs (a mask that is
     # not a function of the observation: sb3-contrib's InvalidActionEnvDiscrete draws new invalid
     # actions every step): which one an update row is, is unknown, so its logits are not compared

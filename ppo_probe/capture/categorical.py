@@ -223,27 +223,33 @@ def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return result
 
 
-def _sub_log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    before = _events.n
-    result = wrapped(*args, **kwargs)
-    if _events.n == before and isinstance(result, torch.Tensor):
-        _events.n += 1
-        value = args[0] if args else kwargs.get("value")
-        if not (isinstance(value, torch.Tensor) and value.dim() <= result.dim()):
-            value = None  # not one action index per log-prob (one-hot, say): counted as untracked
-        for session in _sessions:
-            session.on_log_prob(instance, value, result)
-    return result
+def _reported_once(report: Any) -> Any:
+    """The wrapper of a subclass's own log_prob / entropy: ``report(instance, args, kwargs,
+    result)`` runs only when the call reported nothing itself (it never reached Categorical's
+    method, nor an inner override's)."""
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        before = _events.n
+        result = wrapped(*args, **kwargs)
+        if _events.n == before and isinstance(result, torch.Tensor):
+            _events.n += 1
+            report(instance, args, kwargs, result)
+        return result
+
+    return wrapper
 
 
-def _sub_entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    before = _events.n
-    result = wrapped(*args, **kwargs)
-    if _events.n == before and isinstance(result, torch.Tensor):
-        _events.n += 1
-        for session in _sessions:
-            session.on_entropy(instance, result)
-    return result
+def _report_log_prob(instance: Any, args: Any, kwargs: Any, result: torch.Tensor) -> None:
+    value = args[0] if args else kwargs.get("value")
+    if not (isinstance(value, torch.Tensor) and value.dim() <= result.dim()):
+        value = None  # not one action index per log-prob (one-hot, say): counted as untracked
+    for session in _sessions:
+        session.on_log_prob(instance, value, result)
 
 
-_SUB_WRAPPERS = {"log_prob": _sub_log_prob, "entropy": _sub_entropy}
+def _report_entropy(instance: Any, args: Any, kwargs: Any, result: torch.Tensor) -> None:
+    for session in _sessions:
+        session.on_entropy(instance, result)
+
+
+_SUB_WRAPPERS = {"log_prob": _reported_once(_report_log_prob), "entropy": _reported_once(_report_entropy)}

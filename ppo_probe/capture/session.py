@@ -364,13 +364,7 @@ class Session:
             # freed before any log_prob (`Categorical(logits=actor(obs)).sample()` in grad mode,
             # the distribution dropped at once; Tianshou's collector's last of a cycle): no
             # log_prob can follow, which reads as a rollout's
-            record = pending[2]
-            if record is not None:
-                record.sampled = True
-                self.seen_sample = True
-                if self.steps_in_cycle > 0:
-                    self._new_cycle()
-                    record.cycle, record.seq = self.cycle, self.seq
+            self._mark_sampled(pending[2])
             return
         if sampled is dist and not (isinstance(value, torch.Tensor) and _storage_of(value) == pending[1]):
             return  # log_prob of other actions: an update's Categorical that also sampled
@@ -388,11 +382,14 @@ class Session:
                 self.entries.pending.extend(kept[1])
             self._record_dist(dist, None)
             record = self._record_of(dist)
+        self._mark_sampled(record)
+
+    def _mark_sampled(self, record: DistRecord | None) -> None:
         if record is not None:
             record.sampled = True
         self.seen_sample = True
         if self.steps_in_cycle > 0:
-            self._new_cycle(dist)
+            self._new_cycle(record)
 
     def on_log_prob(self, dist: Any, value: Any, result: torch.Tensor) -> None:
         if self._grad_sample is not None:
@@ -403,7 +400,7 @@ class Session:
         if self.skipping:
             if self.steps_in_cycle > 0 and not self.seen_sample and not torch.is_grad_enabled():
                 try:
-                    self._new_cycle(dist)
+                    self._new_cycle(self._record_of(dist))
                 except Exception as exc:  # noqa: BLE001
                     self.fail("log_prob capture", exc)
             return
@@ -424,7 +421,7 @@ class Session:
             phase = "update"
         else:
             if self.steps_in_cycle > 0 and not self.seen_sample:
-                self._new_cycle(dist)  # trainers that never call sample(): log_prob marks the boundary
+                self._new_cycle(record)  # trainers that never call sample(): log_prob marks the boundary
             phase = "sampling" if self.steps_in_cycle == 0 else "eval"
 
         shape = tuple(result.shape)
@@ -526,7 +523,8 @@ class Session:
                 self.resume()
         return self.arming
 
-    def _new_cycle(self, dist: Any = None) -> None:
+    def _new_cycle(self, record: DistRecord | None = None) -> None:
+        """Open the next cycle; ``record``: the Categorical whose sample() / log_prob() opened it."""
         self.cycle += 1
         dynamo.prepare()  # torch.compile may have loaded Dynamo since the watch began
         self.arming = False
@@ -536,8 +534,7 @@ class Session:
         for handle in self._tensor_hooks:
             handle.remove()
         self._tensor_hooks.clear()
-        record = self._record_of(dist) if dist is not None else None
-        if record is not None:  # the Categorical whose sample()/log_prob() opened the cycle
+        if record is not None:
             record.cycle, record.seq = self.cycle, self.seq
         if self.settings.scheduled(self.cycle):
             self.recorded_cycles += 1
