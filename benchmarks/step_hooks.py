@@ -27,7 +27,7 @@ from example_overhead import load_example  # noqa: E402
 class StubSession:
     """What the hooks ask of a session, answered at no cost."""
 
-    seq = cycle = 0
+    seq = cycle = actor_epoch = 0
     skipping = arming = False
 
     def holds_actor(self, params: object) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ppo_probe.capture.fingerprint import fingerprint_many, fingerprint_rows
@@ -36,5 +37,5 @@ def test_bulk_hash_equals_one_by_one_across_widths_and_dtypes():
     ]
     bulk = fingerprint_many(inputs)
     for x, h in zip(inputs, bulk):
-        assert torch.equal(h, fingerprint_rows(x, x.shape[0]))
-    assert torch.equal(bulk[5][:5], fingerprint_rows(inputs[5][:5], 5))  # alone or in a batch
+        assert np.array_equal(h, fingerprint_rows(x, x.shape[0]).numpy())
+    assert np.array_equal(bulk[5][:5], fingerprint_rows(inputs[5][:5], 5).numpy())  # alone or in a batch

@@ -106,6 +106,7 @@ class EntryTracker:
         self._head_of: Entry | None = None  # the entry further heads of this forward share
         self._head = 0  # head index of the last attributed Categorical
         self._head_at: tuple[int, int] | None = None  # (storage, start) of that head's logits
+        self._head_src: torch.Tensor | None = None  # the first head's logits, until their address is read
         # addresses of the tensors the forward's calls returned, and those a head already took
         self._head_outputs: list[tuple[int, ...]] = []
         self._heads_taken: list[int] = []
@@ -266,8 +267,12 @@ class EntryTracker:
         tensor: SB3's and CleanRL's MultiDiscrete split one logits tensor into a Categorical per
         action dimension. A Categorical built again from the same logits, or from logits of a
         forward this watch does not see (another watch's actor), is not a head."""
-        at = _where(source)
         if not self.pending:
+            at = _where(source)
+            if self._head_src is not None:  # the first head's address, taken only now it is needed
+                self._head_at = _where(self._head_src)
+                self._heads_taken = [self._head_at[1]] if self._head_at is not None else []
+                self._head_src = None
             sibling, prev = self._head_of, self._head_at
             if (
                 sibling is not None
@@ -292,9 +297,10 @@ class EntryTracker:
             return None, 0
         self._head = 0
         self._head_of = None
-        self._head_at = at
+        # the logits' address is read only if a further head may follow (no forward in between):
+        # a storage lookup per Categorical otherwise
+        self._head_src, self._head_at, self._heads_taken = source, None, []
         self._head_outputs = [e.outputs for e in self.pending]  # searched only for a further head
-        self._heads_taken = [at[1]] if at is not None else []
         n = len(batch_shape)
         candidates = [
             e for e in self.pending if e.grad_enabled == grad_enabled and e.tensor.shape[:n] == batch_shape
@@ -332,7 +338,7 @@ class EntryTracker:
         self.pending.clear()
         self._last = self._head_of = self._open = None
         self._array = None
-        self._head_at = None
+        self._head_at = self._head_src = None
         self._head_outputs = []
         self._heads_taken = []
 

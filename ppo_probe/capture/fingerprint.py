@@ -48,10 +48,12 @@ def fingerprint_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fingerprint_many(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``fingerprint_rows`` of several [rows, width] inputs, hashed in one op per (width, kind,
-    device) group: the bulk form used off the training thread."""
-    out: list[torch.Tensor | None] = [None] * len(inputs)
+def fingerprint_many(inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    """``fingerprint_rows`` of several [rows, width] inputs, on the host: hashed in one op per
+    (width, kind, device) group, copied to the host once per group; each input's hashes are a
+    view of that copy (the bulk form used at a flush, where a split into one tensor per input
+    cost more than the hashing)."""
+    out: list[np.ndarray | None] = [None] * len(inputs)
     groups: dict[tuple[int, bool, torch.device], list[int]] = {}
     for i, x in enumerate(inputs):
         kind = x.is_floating_point() or x.is_complex()
@@ -60,8 +62,10 @@ def fingerprint_many(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         parts = [inputs[i] if inputs[i].dtype != torch.bool else inputs[i].to(torch.int64) for i in indices]
         if len({p.dtype for p in parts}) > 1:
             parts = [p.to(torch.float32) if p.is_floating_point() else p.to(torch.int64) for p in parts]
-        joined = torch.cat(parts)
-        hashes = fingerprint_rows(joined, joined.shape[0]).split([p.shape[0] for p in parts])
-        for i, h in zip(indices, hashes):
-            out[i] = h
+        joined = torch.cat(parts) if len(parts) > 1 else parts[0]
+        hashes = fingerprint_rows(joined, joined.shape[0]).cpu().numpy()
+        start = 0
+        for i, p in zip(indices, parts):
+            out[i] = hashes[start : start + p.shape[0]]
+            start += p.shape[0]
     return out  # type: ignore[return-value]

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .records import StepRecord
+import numpy as np
+
+from .records import StepLayout, StepRecord
 
 if TYPE_CHECKING:
     from .session import Session
@@ -38,6 +40,8 @@ class StepRecorder:
         self._pending: dict[int, tuple[StepRecord, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._indices: dict[int, int] = {}
         self.optimizers: list[weakref.ref] = []
+        # optimizer -> (its parameters' ids, their requires_grad, the session's actor epoch, layout)
+        self._layouts: dict[int, tuple[tuple[int, ...], list[bool], int, StepLayout]] = {}
 
     def index_of(self, optimizer: torch.optim.Optimizer) -> int:
         key = id(optimizer)
@@ -46,13 +50,34 @@ class StepRecorder:
             self.optimizers.append(weakref.ref(optimizer))
         return self._indices[key]
 
+    def _layout(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], groups: list[int]) -> StepLayout:
+        """The optimizer's StepLayout, built again only when its parameters, their requires_grad
+        or the actor parameters known to the session changed since its last step."""
+        session = self._session
+        ids = tuple(map(id, params))
+        requires = [p.requires_grad for p in params]
+        cached = self._layouts.get(id(optimizer))
+        if cached is not None and cached[0] == ids and cached[1] == requires and cached[2] == session.actor_epoch:
+            return cached[3]
+        layout = StepLayout(
+            optimizer_class=type(optimizer).__name__,
+            holds_actor=session.holds_actor(params),
+            names=np.array([session.param_name(p) for p in params], dtype=object),
+            groups=np.array(groups, dtype=np.int64),
+            numels=np.array([p.numel() for p in params], dtype=np.int64),
+            requires_grad=np.array(requires, dtype=bool),
+            feeds_logits=np.array([session.feeds_logits(p) for p in params], dtype=bool),
+        )
+        self._layouts[id(optimizer)] = (ids, requires, session.actor_epoch, layout)
+        return layout
+
     def _snapshot(self, p: torch.Tensor) -> torch.Tensor | None:
         found = self._snapshots.get(id(p))
         if found is None or found[0]() is not p or found[1].shape != p.shape:
             return None
         return found[1]
 
-    def _measure(self, params: list[torch.Tensor], first: list[torch.Tensor]) -> tuple[list[bool], list[torch.Tensor]]:
+    def _measure(self, params: list[torch.Tensor], first: list[torch.Tensor]) -> tuple[bytes, list[torch.Tensor]]:
         """Norms of ``first``, then of (snapshot - param) for the params that have a snapshot (the
         same norm as param - snapshot: IEEE subtraction is exactly antisymmetric); then snapshot
         every param. The differences are formed in the snapshot buffers themselves, so a step
@@ -67,7 +92,7 @@ class StepRecorder:
         measured = first + diffs
         norms = list(torch._foreach_norm(measured)) if measured else []
         self._take_snapshots(params, snaps)
-        return present, norms
+        return bytes(present), norms
 
     # Few torch calls per step (each has a fixed dispatch cost, which dominates for small
     # models): one norm call before the step, one after, one stack of every norm.
@@ -81,16 +106,11 @@ class StepRecorder:
             step=session.seq,
             cycle=session.cycle,
             optimizer=self.index_of(optimizer),
-            optimizer_class=type(optimizer).__name__,
-            holds_actor=session.holds_actor(params),
-            names=[session.param_name(p) for p in params],
-            groups=groups,
-            lrs=[optimizer.param_groups[g].get("lr", float("nan")) for g in groups],
-            weight_decays=[optimizer.param_groups[g].get("weight_decay", 0.0) for g in groups],
-            numels=[p.numel() for p in params],
-            requires_grad=[p.requires_grad for p in params],
-            grad_present=[g is not None for g in grads],
-            feeds_logits=[session.feeds_logits(p) for p in params],
+            layout=self._layout(optimizer, params, groups),
+            # tuples: of numbers only, the collector stops tracking them
+            lrs=tuple(group.get("lr", float("nan")) for group in optimizer.param_groups),
+            weight_decays=tuple(group.get("weight_decay", 0.0) for group in optimizer.param_groups),
+            grad_present=bytes([g is not None for g in grads]),
             outside_present=outside_present,
         )
         self._pending[id(optimizer)] = (record, params, norms)
@@ -125,6 +145,7 @@ class StepRecorder:
         as outside changes)."""
         self._snapshots.clear()
         self._pending.clear()
+        self._layouts.clear()
 
 
 class LrSweep:

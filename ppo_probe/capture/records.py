@@ -7,6 +7,7 @@ per-distribution statistics from the kept logits in bulk, so the training thread
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -48,9 +49,9 @@ class DistRecord:
     # same rows at sampling and at update; 0: none (K over keep_logits_max_k)
     logits_one_in: int
     # The actor input rows, cloned when the Categorical was built ([rows, width]); hashed into
-    # ``fingerprint`` in bulk on the writer thread. Both None when there was no usable input.
+    # ``fingerprint`` (host int64, [rows]) in bulk at the flush. Both None when there was no usable input.
     fp_input: torch.Tensor | None
-    fingerprint: torch.Tensor | None
+    fingerprint: np.ndarray | None
     logits_require_grad: bool
     input_mutated: bool
     gen: Generation
@@ -58,7 +59,7 @@ class DistRecord:
     # the rows of the entry's first direct child's input where that is another tensor (SB3's
     # preprocessed observation), hashed like ``fp_input``; None when there is none
     fp_inner: torch.Tensor | None = None
-    fingerprint_inner: torch.Tensor | None = None
+    fingerprint_inner: np.ndarray | None = None
     grad_entropy: list[torch.Tensor] | None = None  # made at the first gradient hook
     sampled: bool = False  # sample() was called on it: a sampling Categorical, whatever the grad mode
     used: bool = False  # a log_prob call was recorded on it
@@ -83,26 +84,34 @@ class CallRecord:
 
 
 @dataclass(eq=False, slots=True)
+class StepLayout:
+    """What an optimizer's stepped parameters are, shared by its steps while none of it changes
+    (the parameters, their requires_grad, the actor parameters known): built once, not per step."""
+
+    optimizer_class: str
+    holds_actor: bool
+    names: np.ndarray  # object (str)
+    groups: np.ndarray  # int64: the param group of each parameter
+    numels: np.ndarray  # int64
+    requires_grad: np.ndarray  # bool
+    feeds_logits: np.ndarray  # bool
+
+
+@dataclass(eq=False, slots=True)
 class StepRecord:
-    """One optimizer step. Its per-parameter norms are stacked into one tensor (few Python
-    objects: buffered records must not slow the garbage collector); ``*_present`` say which
-    parameters each quantity covers."""
+    """One optimizer step. Its per-parameter norms are stacked into one tensor and its masks are
+    bytes (few objects for the garbage collector to track while buffered); ``*_present`` say
+    which parameters each quantity covers (one byte, 0 or 1, per parameter)."""
 
     step: int
     cycle: int
     optimizer: int
-    optimizer_class: str
-    holds_actor: bool
-    names: list[str]
-    groups: list[int]
-    lrs: list[Any]
-    weight_decays: list[Any]
-    numels: list[int]
-    requires_grad: list[bool]
-    grad_present: list[bool]
-    feeds_logits: list[bool]
-    outside_present: list[bool]
-    delta_present: list[bool] = field(default_factory=list)
+    layout: StepLayout
+    lrs: tuple[Any, ...]  # per param group
+    weight_decays: tuple[Any, ...]  # per param group
+    grad_present: bytes
+    outside_present: bytes
+    delta_present: bytes = b""
     # every norm of the step, stacked: gradients [sum(grad_present)], outside changes
     # [sum(outside_present)], parameters after the step [len(names)], step deltas [sum(delta_present)]
     norms: torch.Tensor | None = None
@@ -160,18 +169,40 @@ def _row_stats(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([n_masked, spread, entropy, entropy_norm, nonfinite], dim=-1)
 
 
-def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
+class JoinedLogits:
+    """The kept logits of a flush's distributions, joined once per (K, device) and shared by the
+    dists table's statistics and the samples table's logits column (one cat of the per-dist
+    tensors, not one per table). ``dists``: the table's first, in order, then any others."""
+
+    def __init__(self, dists: list[DistRecord]) -> None:
+        # id(dist) -> (group, first row in the group's joined tensor, position among its members)
+        self.where: dict[int, tuple[tuple[int, torch.device], int, int]] = {}
+        members: dict[tuple[int, torch.device], list[DistRecord]] = {}
+        rows: dict[tuple[int, torch.device], int] = {}
+        for d in dists:
+            if d.rows <= 0 or id(d) in self.where:
+                continue
+            key = (d.n_categories, d.logits.device)
+            group = members.setdefault(key, [])
+            self.where[id(d)] = (key, rows.get(key, 0), len(group))
+            rows[key] = rows.get(key, 0) + d.rows
+            group.append(d)
+        self.members = members
+        self.joined = {
+            key: torch.cat([d.logits for d in group]) if len(group) > 1 else group[0].logits
+            for key, group in members.items()
+        }
+
+
+def _dist_stats(dists: list[DistRecord], logits: JoinedLogits) -> np.ndarray:
     """[len(dists), 5] per-distribution means of the row statistics (the non-finite row flag
     summed instead), computed in bulk per K."""
     out = np.full((len(dists), 5), np.nan)
     out[:, 4] = 0.0
-    by_k: dict[tuple[int, torch.device], list[int]] = {}
-    for i, d in enumerate(dists):
-        if d.rows > 0:
-            by_k.setdefault((d.n_categories, d.logits.device), []).append(i)
-    for indices in by_k.values():
-        rows = np.array([dists[i].rows for i in indices])
-        stats = _row_stats(torch.cat([dists[i].logits for i in indices])).cpu().numpy().astype(np.float64)
+    means: dict[tuple[int, torch.device], np.ndarray] = {}
+    for key, group in logits.members.items():
+        stats = _row_stats(logits.joined[key]).cpu().numpy().astype(np.float64)
+        rows = np.array([d.rows for d in group])
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
         # Mean over the rows where a statistic is defined: entropy / log K_eff is undefined on a
         # row with one valid action, and must not blank out the whole distribution.
@@ -179,20 +210,40 @@ def _dist_stats(dists: list[DistRecord]) -> np.ndarray:
         totals = np.add.reduceat(np.where(defined, stats, 0.0), starts, axis=0)
         counts = np.add.reduceat(defined.astype(np.int64), starts, axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[indices, :4] = np.where(counts > 0, totals / counts, np.nan)[:, :4]
-        out[indices, 4] = totals[:, 4]
+            group_means = np.where(counts > 0, totals / counts, np.nan)
+        group_means[:, 4] = totals[:, 4]
+        means[key] = group_means
+    for i, d in enumerate(dists):
+        found = logits.where.get(id(d))
+        if found is not None:
+            out[i] = means[found[0]][found[2]]
     return out
 
 
-def _mean_grad(grads: list[torch.Tensor] | None) -> torch.Tensor | None:
-    if not grads:
-        return None
-    return torch.stack([g.to(torch.float64).mean() for g in grads]).sum()
+def _grad_entropy(dists: list[DistRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Per dist, the sum over its entropy's gradients of their mean (float64), and a mask of the
+    dists that got none; one host copy for all of them."""
+    out = np.full(len(dists), np.nan)
+    missing = np.ones(len(dists), dtype=bool)
+    have = [i for i, d in enumerate(dists) if d.grad_entropy]
+    if not have:
+        return out, missing
+    pieces = [g for i in have for g in cast(list, dists[i].grad_entropy)]
+    lengths = np.array([g.numel() for g in pieces], dtype=np.int64)
+    flat = _host(pieces, torch.float64)
+    piece_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    sums = np.add.reduceat(flat, piece_starts) if len(flat) else np.zeros(len(pieces))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        piece_means = np.where(lengths > 0, sums / lengths, np.nan)  # an empty gradient: NaN, as torch's mean
+    per_dist = np.array([len(cast(list, dists[i].grad_entropy)) for i in have])
+    out[have] = np.add.reduceat(piece_means, np.concatenate([[0], np.cumsum(per_dist)[:-1]]))
+    missing[have] = False
+    return out, missing
 
 
-def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
-    stats = _dist_stats(dists)
-    grad_entropy, no_grad = _scalars([_mean_grad(d.grad_entropy) for d in dists])
+def dist_columns(dists: list[DistRecord], logits: JoinedLogits | None = None) -> dict[str, Any]:
+    stats = _dist_stats(dists, logits if logits is not None else JoinedLogits(dists))
+    grad_entropy, no_grad = _grad_entropy(dists)
     return {
         "dist_id": [d.dist_id for d in dists],
         "cycle": [d.cycle for d in dists],
@@ -202,7 +253,7 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
         "actor": [d.actor for d in dists],
         "entry": [d.entry for d in dists],
         "head": [d.head for d in dists],
-        "batch_shape": [list(d.batch_shape) for d in dists],
+        "batch_shape": _shapes([d.batch_shape for d in dists]),
         "rows": [d.rows for d in dists],
         "n_categories": [d.n_categories for d in dists],
         "masked_mean": stats[:, 0],
@@ -216,8 +267,17 @@ def dist_columns(dists: list[DistRecord]) -> dict[str, Any]:
     }
 
 
+def _shapes(shapes: list[tuple[int, ...]]) -> pa.Array:
+    """A list<int32> column built from flat values and offsets: no Python list per row (a list per
+    distribution was ~1,000 short-lived objects a flush for the garbage collector)."""
+    offsets = np.concatenate([[0], np.cumsum([len(shape) for shape in shapes])]).astype(np.int32)
+    values = np.fromiter(itertools.chain.from_iterable(shapes), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
 def ensure_fingerprints(dists: list[DistRecord]) -> None:
-    """Hash the kept inputs of ``dists`` that have no fingerprint yet (writer thread only)."""
+    """Hash the kept inputs of ``dists`` that have no fingerprint yet, to host arrays (at the
+    flush: on the writer thread where the inputs lie on an accelerator)."""
     todo = list({id(d): d for d in dists if d.fingerprint is None and d.fp_input is not None}.values())
     inner = list({id(d): d for d in dists if d.fingerprint_inner is None and d.fp_inner is not None}.values())
     if not todo and not inner:
@@ -230,15 +290,7 @@ def ensure_fingerprints(dists: list[DistRecord]) -> None:
         d.fingerprint_inner, d.fp_inner = h, None
 
 
-def _rows_of(call: CallRecord, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if call.row_index is None else tensor[call.row_index]
-
-
-def _changed_since(call: CallRecord) -> bool:
-    return call.action._version != call.action_version or call.logp._version != call.logp_version
-
-
-def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
+def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) -> tuple[dict[str, Any], int]:
     """Columns of the samples table, and how many calls the trainer wrote into after recording.
 
     Such calls keep their rows but lose their fingerprint (so they are never paired): the values
@@ -248,29 +300,34 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         return {name: [] for name in SAMPLES.names}, 0
     ensure_fingerprints([c.dist for c in calls])
     counts = np.array([c.n for c in calls], dtype=np.int64)
+    total = int(counts.sum())
+    # the dist row of each of a call's rows: its own rows in order, or its broadcast index (host)
+    row_index = {id(c): c.row_index.cpu().numpy() for c in calls if c.row_index is not None}
 
     def per_call(values: list[Any]) -> np.ndarray:
         return np.repeat(np.array(values), counts)
 
-    changed = [_changed_since(c) for c in calls]
-    fp_calls = [c for c, bad in zip(calls, changed) if c.dist.fingerprint is not None and not bad]
-    fingerprint = np.zeros(int(counts.sum()), dtype=np.int64)
-    has_fp = per_call([c.dist.fingerprint is not None and not bad for c, bad in zip(calls, changed)])
-    if fp_calls:
-        fingerprint[has_fp] = _host([_rows_of(c, cast(torch.Tensor, c.dist.fingerprint)) for c in fp_calls], torch.int64)
-    inner_calls = [c for c, bad in zip(calls, changed) if c.dist.fingerprint_inner is not None and not bad]
-    fingerprint_inner = np.zeros(int(counts.sum()), dtype=np.int64)
-    has_inner = per_call([c.dist.fingerprint_inner is not None and not bad for c, bad in zip(calls, changed)])
-    if inner_calls:
-        fingerprint_inner[has_inner] = _host(
-            [_rows_of(c, cast(torch.Tensor, c.dist.fingerprint_inner)) for c in inner_calls], torch.int64
-        )
+    def rows_of(call: CallRecord, hashes: np.ndarray) -> np.ndarray:
+        index = row_index.get(id(call))
+        return hashes if index is None else hashes[index]
+
+    changed = [c.action._version != c.action_version or c.logp._version != c.logp_version for c in calls]
+    columns: dict[str, Any] = {}
+    for name in ("fingerprint", "fingerprint_inner"):
+        usable = [getattr(c.dist, name) is not None and not bad for c, bad in zip(calls, changed)]
+        present = np.repeat(np.array(usable, dtype=bool), counts)
+        values = np.zeros(total, dtype=np.int64)
+        parts = [rows_of(c, getattr(c.dist, name)) for c, ok in zip(calls, usable) if ok]
+        if parts:
+            values[present] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        columns[name] = (values, present)
+    (fingerprint, has_fp), (fingerprint_inner, has_inner) = columns["fingerprint"], columns["fingerprint_inner"]
     # the logits are kept for the same rows at sampling and update: chosen by the key the update
     # can pair on (the inner input's hash where there is one, as an update entering there has)
     selector = np.where(has_inner, fingerprint_inner, fingerprint)
 
     has_grad = per_call([bool(c.grads) for c in calls])
-    grad = np.zeros(int(counts.sum()), dtype=np.float32)
+    grad = np.zeros(total, dtype=np.float32)
     grad_lists = [c.grads for c in calls if c.grads]
     if grad_lists:
         summed = [torch.stack(g).sum(0) if len(g) > 1 else g[0] for g in grad_lists]
@@ -284,6 +341,9 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         else torch.broadcast_to(c.action, c.logp.shape).reshape(-1)
         for c in calls
     ]  # fmt: skip
+    if logits is None:
+        logits = JoinedLogits([c.dist for c in calls])
+    keep = (has_fp | has_inner) & logits_kept(selector, one_in)
     columns = {
         "cycle": per_call([c.cycle for c in calls]),
         "seq": per_call([c.seq for c in calls]),
@@ -299,7 +359,7 @@ def sample_columns(calls: list[CallRecord]) -> tuple[dict[str, Any], int]:
         "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
         "grad_pass": pa.array(grad_pass, mask=grad_pass < 0, type=pa.int64()),
-        "logits": _logits_column(calls, counts, (has_fp | has_inner) & logits_kept(selector, one_in)),
+        "logits": _logits_column(calls, counts, keep, logits, row_index),
     }
     return columns, sum(changed)
 
@@ -314,39 +374,48 @@ def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
     return (one_in > 0) & (mixed % np.maximum(one_in, 1).astype(np.uint64) == 0)
 
 
-def _logits_column(calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray) -> pa.Array:
+def _logits_column(
+    calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray, logits: JoinedLogits,
+    row_index: dict[int, np.ndarray],
+) -> pa.Array:
     """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
-    null elsewhere. One gather from the joined block of the calls of each K (and device), one host
-    copy; with several K (MultiDiscrete heads of different sizes) the groups' rows are put back in
-    row order on the host."""
+    null elsewhere. Gathered from the flush's joined logits, one gather and one host copy per K
+    (and device); with several K (MultiDiscrete heads of different sizes) the groups' rows are put
+    back in row order on the host."""
     k_row = np.repeat([c.dist.n_categories for c in calls], counts)
     offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
-    kept = [c.dist.logits_one_in > 0 for c in calls]
-    blocks = [_rows_of(c, c.dist.logits) for c, k in zip(calls, kept) if k]
-    of_kept = keep[np.repeat(kept, counts)]  # the mask over the kept calls' rows, in order
-    if not blocks or not of_kept.any():
-        values = pa.array([], type=pa.float32())
-    elif len({(b.shape[1], b.device) for b in blocks}) == 1:  # one K: gather from the joined block
-        joined = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
-        index = torch.from_numpy(np.flatnonzero(of_kept)).to(joined.device)
-        values = pa.array(_host([joined[index].reshape(-1)], torch.float32), type=pa.float32())
+    rows = np.flatnonzero(keep)
+    if not len(rows):
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array([], type=pa.float32()),
+                                        mask=pa.array(~keep, type=pa.bool_()))
+    # where each row lies: its dist's group and its row in that group's joined tensor
+    keys = list(logits.joined)
+    group_of = {key: g for g, key in enumerate(keys)}
+    found = [logits.where.get(id(c.dist)) for c in calls]
+    call_group = np.array([group_of[f[0]] if f is not None else -1 for f in found])
+    call_start = np.array([f[1] if f is not None else 0 for f in found], dtype=np.int64)
+    first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    within = np.arange(int(counts.sum())) - np.repeat(first_row, counts)
+    for i, c in enumerate(calls):
+        index = row_index.get(id(c))
+        if index is not None:
+            within[first_row[i] : first_row[i] + counts[i]] = index
+    position = (np.repeat(call_start, counts) + within)[rows]
+    group = np.repeat(call_group, counts)[rows]
+    if len(keys) == 1:  # one K: the rows in order are the values in order
+        joined = logits.joined[keys[0]]
+        index_t = torch.from_numpy(position).to(joined.device)
+        values = pa.array(_host([joined[index_t].reshape(-1)], torch.float32), type=pa.float32())
     else:
-        rows_of_kept = np.flatnonzero(np.repeat(kept, counts))  # row of each kept call's row
-        bounds = np.cumsum([0] + [b.shape[0] for b in blocks])
-        groups: dict[tuple[int, torch.device], list[int]] = {}
-        for i, b in enumerate(blocks):
-            groups.setdefault((b.shape[1], b.device), []).append(i)
         parts, dest = [], []
-        for (k, _device), members in groups.items():
-            spans = [np.arange(bounds[i], bounds[i + 1]) for i in members]
-            span = np.concatenate(spans) if len(spans) > 1 else spans[0]
-            chosen = np.flatnonzero(of_kept[span])  # within the group's joined block
+        for g, key in enumerate(keys):
+            chosen = np.flatnonzero(group == g)
             if not len(chosen):
                 continue
-            joined = torch.cat([blocks[i] for i in members]) if len(members) > 1 else blocks[members[0]]
-            parts.append(joined[torch.from_numpy(chosen).to(joined.device)].reshape(-1))
-            starts = offsets[:-1][rows_of_kept[span[chosen]]]  # where each row's values begin
-            dest.append((starts[:, None] + np.arange(k, dtype=np.int32)).reshape(-1))
+            joined = logits.joined[key]
+            parts.append(joined[torch.from_numpy(position[chosen]).to(joined.device)].reshape(-1))
+            starts = offsets[:-1][rows[chosen]]  # where each row's values begin
+            dest.append((starts[:, None] + np.arange(key[0], dtype=np.int32)).reshape(-1))
         flat = np.empty(int(offsets[-1]), dtype=np.float32)
         flat[np.concatenate(dest)] = _host(parts, torch.float32)
         values = pa.array(flat, type=pa.float32())
@@ -357,11 +426,11 @@ def _step_norms(steps: list[StepRecord], counts: np.ndarray) -> dict[str, np.nda
     """Per-parameter gradient, outside-change, parameter and delta norms (NaN where absent) from
     the steps' stacked norms: one host copy for all of them."""
     # each step's norms are the present entries of 4 blocks of n slots: grad, outside, param, delta
-    slots = np.array(
-        [v for s in steps for v in (*s.grad_present, *s.outside_present, *[True] * len(s.names),
-                                    *s.delta_present)],
-        dtype=bool,
-    )
+    slots = np.frombuffer(
+        b"".join(b"".join((s.grad_present, s.outside_present, b"\x01" * int(n), s.delta_present))
+                 for s, n in zip(steps, counts)),
+        dtype=np.uint8,
+    ).astype(bool)
     values = np.full(len(slots), np.nan)
     given = [s.norms.reshape(-1) for s in steps if s.norms is not None and s.norms.numel()]
     if given:
@@ -377,15 +446,22 @@ def _step_norms(steps: list[StepRecord], counts: np.ndarray) -> dict[str, np.nda
     return out
 
 
+def _per_param_group(steps: list[StepRecord], values: list[tuple[Any, ...]]) -> np.ndarray:
+    """A per-group quantity of each step (lr, weight decay), as float64 per parameter."""
+    return np.concatenate([
+        np.array([_float(v) for v in per_group], dtype=np.float64)[s.layout.groups] if len(s.layout.groups)
+        else np.empty(0) for s, per_group in zip(steps, values)
+    ]) if steps else np.empty(0)
+
+
 def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Columns of the steps table and of the layers table."""
-    counts = np.array([len(s.names) for s in steps], dtype=np.int64)
+    counts = np.array([len(s.layout.names) for s in steps], dtype=np.int64)
     norms = _step_norms(steps, counts)
     grad, grad_missing = norms["grad"], norms["grad_missing"]
     delta, delta_missing = norms["delta"], norms["delta_missing"]
     outside, outside_missing = norms["outside"], norms["outside_missing"]
     pnorm = norms["param"]
-    numel = np.array([n for s in steps for n in s.numels], dtype=np.int64)
     step_of = np.repeat(np.arange(len(steps)), counts)
 
     def per_step_norm(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -394,40 +470,42 @@ def step_columns(steps: list[StepRecord]) -> tuple[dict[str, Any], dict[str, Any
         present = np.bincount(step_of[~missing], minlength=len(steps))
         return np.where(present > 0, np.sqrt(sq), np.nan)
 
-    def per_param(get: Any) -> list[Any]:
-        return [v for s in steps for v in get(s)]
+    def per_param(name: str, dtype: Any) -> np.ndarray:
+        parts = [getattr(s.layout, name) for s in steps]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
-    def per_step(get: Any) -> np.ndarray:
-        return np.repeat(np.array([get(s) for s in steps]), counts)
+    def per_step(values: list[Any]) -> np.ndarray:
+        return np.repeat(np.array(values), counts)
 
+    step_ids, cycles, optimizers = [s.step for s in steps], [s.cycle for s in steps], [s.optimizer for s in steps]
     step_table = {
-        "step": [s.step for s in steps],
-        "cycle": [s.cycle for s in steps],
-        "optimizer": [s.optimizer for s in steps],
-        "optimizer_class": [s.optimizer_class for s in steps],
-        "holds_actor": [s.holds_actor for s in steps],
+        "step": step_ids,
+        "cycle": cycles,
+        "optimizer": optimizers,
+        "optimizer_class": [s.layout.optimizer_class for s in steps],
+        "holds_actor": [s.layout.holds_actor for s in steps],
         "n_params": counts,
-        "lr": [_float(s.lrs[0]) if s.lrs else np.nan for s in steps],
+        "lr": [_float(s.lrs[s.layout.groups[0]]) if len(s.layout.groups) else np.nan for s in steps],
         "grad_norm": per_step_norm(grad, grad_missing),
         "delta_norm": per_step_norm(delta, delta_missing),
         "outside_delta_norm": per_step_norm(outside, outside_missing),
         "wall_time": [s.wall_time for s in steps],
     }
     layer_table = {
-        "step": per_step(lambda s: s.step),
-        "cycle": per_step(lambda s: s.cycle),
-        "optimizer": per_step(lambda s: s.optimizer),
-        "name": per_param(lambda s: s.names),
-        "group": per_param(lambda s: s.groups),
-        "lr": [_float(v) for v in per_param(lambda s: s.lrs)],
-        "weight_decay": [_float(v) for v in per_param(lambda s: s.weight_decays)],
-        "numel": numel,
-        "requires_grad": per_param(lambda s: s.requires_grad),
+        "step": per_step(step_ids),
+        "cycle": per_step(cycles),
+        "optimizer": per_step(optimizers),
+        "name": per_param("names", object),
+        "group": per_param("groups", np.int64),
+        "lr": _per_param_group(steps, [s.lrs for s in steps]),
+        "weight_decay": _per_param_group(steps, [s.weight_decays for s in steps]),
+        "numel": per_param("numels", np.int64),
+        "requires_grad": per_param("requires_grad", bool),
         "grad_is_none": grad_missing,
         "grad_norm": pa.array(grad, mask=grad_missing, type=pa.float32()),
         "param_norm": pnorm,
         "delta_norm": pa.array(delta, mask=delta_missing, type=pa.float32()),
         "outside_delta_norm": pa.array(outside, mask=outside_missing, type=pa.float32()),
-        "feeds_logits": per_param(lambda s: s.feeds_logits),
+        "feeds_logits": per_param("feeds_logits", bool),
     }
     return step_table, layer_table

@@ -15,7 +15,7 @@ from torch import nn
 from . import dynamo
 from .entries import EntryTracker, version_of
 from .graph import graph_leaves
-from .records import CallRecord, DistRecord, Generation, StepRecord, dist_columns
+from .records import CallRecord, DistRecord, Generation, JoinedLogits, StepRecord, dist_columns
 from .records import sample_columns, step_columns
 
 # When nothing has stepped for a long time (gradient accumulation without end), flush anyway at
@@ -108,6 +108,8 @@ class Session:
         self._names: dict[int, str] = {}
         self._module_params: set[int] = set()
         self._logit_params: dict[int, tuple[weakref.ref, str]] = {}
+        # raised whenever the actor parameters known change (optimizer steps' layouts depend on them)
+        self.actor_epoch = 0
         self._next_dist = 0
         self._last_dist: DistRecord | None = None
         self._next_call = 0
@@ -148,6 +150,7 @@ class Session:
         for name, p in module.named_parameters():
             self._names.setdefault(id(p), f"{actor}.{name}" if prefix else name)
             self._module_params.add(id(p))
+        self.actor_epoch += 1
 
     def param_name(self, p: torch.Tensor) -> str:
         name = self._names.get(id(p))
@@ -219,9 +222,9 @@ class Session:
         grad = torch.is_grad_enabled()
         state = dist.__dict__
         param = state["_param"]
-        batch_shape = tuple(dist.batch_shape)
+        batch_shape = tuple(state["_batch_shape"]) if "_batch_shape" in state else tuple(dist.batch_shape)
         rows = math.prod(batch_shape)
-        k = int(dist._num_events)
+        k = int(state["_num_events"] if "_num_events" in state else dist._num_events)
         # detached, so no graph is recorded: no no_grad() block needed (it costs more than these)
         logits = state.get("logits")
         if logits is None:
@@ -250,7 +253,8 @@ class Session:
                 actor, entry_name, fp_input, fp_inner, mutated = self._keep_input(entry, rows)
                 fingerprint_inner = None
 
-        if grad and param.requires_grad and self._graph_walked.get(actor) != self.cycle:
+        param_grad = param.requires_grad
+        if grad and param_grad and self._graph_walked.get(actor) != self.cycle:
             self._graph_walked[actor] = self.cycle  # once per actor and cycle
             self._discover_actor(param)
 
@@ -270,7 +274,7 @@ class Session:
             fingerprint=fingerprint,
             fp_inner=fp_inner,
             fingerprint_inner=fingerprint_inner,
-            logits_require_grad=bool(param.requires_grad),
+            logits_require_grad=bool(param_grad),
             input_mutated=mutated,
             gen=self._gen,
             head=head,
@@ -284,9 +288,9 @@ class Session:
             self.counts["dists"] -= 1
             if previous.entry is None:
                 self.counts["unattributed_dists"] -= 1
-            self._buffered_bytes -= previous.logits.numel() * previous.logits.element_size()
+            self._buffered_bytes -= previous.logits.nbytes
         self._last_dist = record
-        if not logits.is_cpu:
+        if not self._off_host and not logits.is_cpu:
             self._off_host = True
         self._next_dist += 1
         self.counts["dists"] += 1
@@ -296,11 +300,11 @@ class Session:
         if len(self._dist_of) > self._dist_of_limit:
             self._prune_dist_of()
         self._dists.append(record)
-        self._buffered_bytes += logits.numel() * logits.element_size()
+        self._buffered_bytes += logits.nbytes
         if fp_input is not None:
-            self._buffered_bytes += fp_input.numel() * fp_input.element_size()
+            self._buffered_bytes += fp_input.nbytes
         if fp_inner is not None:
-            self._buffered_bytes += fp_inner.numel() * fp_inner.element_size()
+            self._buffered_bytes += fp_inner.nbytes
 
     def _logits_one_in(self, k: int) -> int:
         if k > self.settings.keep_logits_max_k:
@@ -316,7 +320,8 @@ class Session:
         if entry.current_version() != entry.version:  # changed in place between forward and here
             return entry.actor, entry.module, None, None, True
         if entry.parts is None:
-            kept = entry.tensor.detach().reshape(rows, -1).clone()  # detached: no graph recorded
+            tensor = entry.tensor.detach() if entry.tensor.requires_grad else entry.tensor  # no graph recorded
+            kept = tensor.reshape(rows, -1).clone()
         else:  # a dict observation: its tensors side by side, in key order (cat copies)
             kept = torch.cat([p.detach().reshape(rows, -1) for p in entry.parts], dim=1)
         inner, inner_parts = entry.inner, entry.inner_parts
@@ -334,6 +339,7 @@ class Session:
         for leaf in graph_leaves(logits_param):
             if id(leaf) not in self._logit_params:
                 self._logit_params[id(leaf)] = (weakref.ref(leaf), self.param_name(leaf))
+                self.actor_epoch += 1
 
     def on_sample(self, dist: Any, result: Any = None) -> None:
         if self.skipping and self.steps_in_cycle == 0:
@@ -431,6 +437,8 @@ class Session:
             row_index = torch.broadcast_to(index, shape).reshape(-1)
         # References, not copies: conversion happens in bulk at the flush, where the version
         # counters tell whether the trainer wrote into either tensor in the meantime.
+        # detached aliases even without grad: the trainer's own tensors are often views (of
+        # multinomial's and gather's outputs), and holding one keeps its base alive too
         action = value.detach()
         logp = result.detach()
         n = result.numel()
@@ -465,9 +473,11 @@ class Session:
     def on_entropy(self, dist: Any, result: torch.Tensor) -> None:
         if self.skipping or self.arming:
             return
+        if not result.requires_grad:  # a rollout's entropy: no gradient will come
+            return
         try:
             record = self._record_of(dist)
-            if record is not None and torch.is_grad_enabled() and result.requires_grad:
+            if record is not None and torch.is_grad_enabled():
                 if record.grad_entropy is None:
                     record.grad_entropy = []
                 self._add_tensor_hook(result, self._grad_hook(record.grad_entropy, record.gen))
@@ -582,11 +592,13 @@ class Session:
 
         def produce() -> dict[str, dict[str, Any]]:
             step_table, layer_table = step_columns(steps)
-            samples, changed = sample_columns(calls)
+            # the table's dists first, then those of calls on dists flushed before
+            logits = JoinedLogits([*dists, *(c.dist for c in calls)])
+            samples, changed = sample_columns(calls, logits)
             self.counts["calls_changed_after_record"] += changed
             return {
                 "samples": samples,
-                "dists": dist_columns(dists),
+                "dists": dist_columns(dists, logits),
                 "steps": step_table,
                 "layers": layer_table,
             }
