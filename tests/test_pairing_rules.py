@@ -101,6 +101,28 @@ def test_multi_dimensional_batches_flatten_to_rows(tmp_path):
     assert run.dists["rows"].tolist() == [24, 24]
 
 
+def test_a_broadcast_log_prob_writes_each_row_with_its_distribution_rows_hash_and_logits(tmp_path):
+    """log_prob of [3, B] actions on a [B] Categorical: each of the 3 x B rows is the dist row it
+    broadcast from, in its fingerprint and in its kept logits (the flush's broadcast index)."""
+    torch.manual_seed(12)
+    actor = torch.nn.Linear(5, 3)
+    optim = torch.optim.SGD(actor.parameters(), lr=0.1)
+    obs = torch.randn(4, 5)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, logits_one_in=1) as w:
+        with torch.no_grad():
+            dist = Categorical(logits=actor(obs))
+            dist.log_prob(dist.sample())  # [B]: the dist's own rows, in order
+            dist.log_prob(torch.randint(0, 3, (3, 4)))
+    samples = ppo_probe.load(w.path).table("samples").to_pandas()
+    own, broadcast = samples[samples["call_rows"] == 4], samples[samples["call_rows"] == 12]
+    assert len(own) == 4 and len(broadcast) == 12
+    fp = broadcast["fingerprint"].to_numpy().reshape(3, 4)
+    assert len(set(fp[0])) == 4 and (fp == own["fingerprint"].to_numpy()).all()  # row j: dist row j
+    logits = np.stack(broadcast["logits"].to_numpy()).reshape(3, 4, 3)
+    expected = dist.logits.numpy()
+    assert np.allclose(logits, np.broadcast_to(expected, (3, 4, 3)))
+
+
 def _probs_built_run(path, rows: int, **watch_kwargs):
     torch.manual_seed(8)
     actor = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Softmax(-1))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 import numpy as np
+import torch
 
 from .records import StepLayout, StepRecord
 

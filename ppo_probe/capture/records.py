@@ -301,27 +301,30 @@ def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) 
     ensure_fingerprints([c.dist for c in calls])
     counts = np.array([c.n for c in calls], dtype=np.int64)
     total = int(counts.sum())
-    # the dist row of each of a call's rows: its own rows in order, or its broadcast index (host)
-    row_index = {id(c): c.row_index.cpu().numpy() for c in calls if c.row_index is not None}
+    # by call position: the dist row of each of the call's rows where they are not its own rows
+    # in order (a broadcast log_prob), on the host
+    row_index = {i: c.row_index.cpu().numpy() for i, c in enumerate(calls) if c.row_index is not None}
 
     def per_call(values: list[Any]) -> np.ndarray:
         return np.repeat(np.array(values), counts)
 
-    def rows_of(call: CallRecord, hashes: np.ndarray) -> np.ndarray:
-        index = row_index.get(id(call))
+    def rows_of(i: int, hashes: np.ndarray) -> np.ndarray:
+        index = row_index.get(i)
         return hashes if index is None else hashes[index]
 
     changed = [c.action._version != c.action_version or c.logp._version != c.logp_version for c in calls]
-    columns: dict[str, Any] = {}
-    for name in ("fingerprint", "fingerprint_inner"):
+    def hashes(name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' ``name`` hashes (0 where absent) and where they are present."""
         usable = [getattr(c.dist, name) is not None and not bad for c, bad in zip(calls, changed)]
         present = np.repeat(np.array(usable, dtype=bool), counts)
         values = np.zeros(total, dtype=np.int64)
-        parts = [rows_of(c, getattr(c.dist, name)) for c, ok in zip(calls, usable) if ok]
+        parts = [rows_of(i, getattr(c.dist, name)) for i, (c, ok) in enumerate(zip(calls, usable)) if ok]
         if parts:
             values[present] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        columns[name] = (values, present)
-    (fingerprint, has_fp), (fingerprint_inner, has_inner) = columns["fingerprint"], columns["fingerprint_inner"]
+        return values, present
+
+    fingerprint, has_fp = hashes("fingerprint")
+    fingerprint_inner, has_inner = hashes("fingerprint_inner")
     # the logits are kept for the same rows at sampling and update: chosen by the key the update
     # can pair on (the inner input's hash where there is one, as an update entering there has)
     selector = np.where(has_inner, fingerprint_inner, fingerprint)
@@ -396,10 +399,8 @@ def _logits_column(
     call_start = np.array([f[1] if f is not None else 0 for f in found], dtype=np.int64)
     first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
     within = np.arange(int(counts.sum())) - np.repeat(first_row, counts)
-    for i, c in enumerate(calls):
-        index = row_index.get(id(c))
-        if index is not None:
-            within[first_row[i] : first_row[i] + counts[i]] = index
+    for i, index in row_index.items():
+        within[first_row[i] : first_row[i] + counts[i]] = index
     position = (np.repeat(call_start, counts) + within)[rows]
     group = np.repeat(call_group, counts)[rows]
     if len(keys) == 1:  # one K: the rows in order are the values in order

@@ -222,9 +222,9 @@ class Session:
         grad = torch.is_grad_enabled()
         state = dist.__dict__
         param = state["_param"]
-        batch_shape = tuple(state["_batch_shape"]) if "_batch_shape" in state else tuple(dist.batch_shape)
+        batch_shape = tuple(dist.batch_shape)
         rows = math.prod(batch_shape)
-        k = int(state["_num_events"] if "_num_events" in state else dist._num_events)
+        k = int(dist._num_events)
         # detached, so no graph is recorded: no no_grad() block needed (it costs more than these)
         logits = state.get("logits")
         if logits is None:
@@ -253,8 +253,7 @@ class Session:
                 actor, entry_name, fp_input, fp_inner, mutated = self._keep_input(entry, rows)
                 fingerprint_inner = None
 
-        param_grad = param.requires_grad
-        if grad and param_grad and self._graph_walked.get(actor) != self.cycle:
+        if grad and param.requires_grad and self._graph_walked.get(actor) != self.cycle:
             self._graph_walked[actor] = self.cycle  # once per actor and cycle
             self._discover_actor(param)
 
@@ -274,7 +273,7 @@ class Session:
             fingerprint=fingerprint,
             fp_inner=fp_inner,
             fingerprint_inner=fingerprint_inner,
-            logits_require_grad=bool(param_grad),
+            logits_require_grad=bool(param.requires_grad),
             input_mutated=mutated,
             gen=self._gen,
             head=head,
@@ -290,7 +289,7 @@ class Session:
                 self.counts["unattributed_dists"] -= 1
             self._buffered_bytes -= previous.logits.nbytes
         self._last_dist = record
-        if not self._off_host and not logits.is_cpu:
+        if not logits.is_cpu:
             self._off_host = True
         self._next_dist += 1
         self.counts["dists"] += 1
