@@ -597,3 +597,45 @@ def test_categorical_subclasses_overriding_log_prob_are_seen_once(tmp_path, cls)
     assert report.paired_fraction == 1.0 and len(report.run.pairs) == 3 * 2 * 32
     assert report.run.dists.loc[report.run.dists["grad_enabled"], "grad_entropy"].notna().all()
     assert report.per_cycle["kl_k3"].gt(0).all()
+
+
+def test_samples_of_one_input_and_action_under_different_masks_pair_by_their_own_mask(tmp_path):
+    """A mask that is not a function of the observation (drawn afresh every step, stored and
+    rebuilt at update), K = 100 (the mask is hashed, not a bitmask), 4 distinct observations: most
+    (observation, action)s are sampled several times under different masks. Each update row must
+    pair with the sample drawn under its own mask: per-cycle kl_k3 (the last epoch's mean, as
+    SB3's approx_kl) equals the trainer's own."""
+    torch.manual_seed(0)
+    k, rows = 100, 256
+    actor = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, k))
+    optim = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    trainer_kl = []
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", every=1, strict=True) as w:
+        for _ in range(3):
+            obs = torch.eye(4)[torch.randint(4, (rows,))]
+            valid = torch.rand(rows, k) < 0.5
+            valid[:, 0] = True
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs).masked_fill(~valid, -1e8))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            advantage = (action == obs.argmax(1)).float() - 0.02
+            for _epoch in range(4):
+                kls = []
+                for idx in torch.randperm(rows).split(64):
+                    new = Categorical(logits=actor(obs[idx]).masked_fill(~valid[idx], -1e8)).log_prob(action[idx])
+                    log_ratio = new - old[idx]
+                    ratio = log_ratio.exp()
+                    adv = advantage[idx]
+                    loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+                    kls.append(float(((ratio - 1) - log_ratio).mean().detach()))
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step()
+            trainer_kl.append(np.mean(kls))
+    report = ppo_probe.analyze(w.path)
+    sampling = report.run.samples[report.run.samples["phase"] == "sampling"]
+    assert sampling.groupby(["cycle", "fingerprint", "action"])["mask"].nunique().gt(1).sum() > 10
+    assert report.paired_fraction == 1.0
+    assert max(trainer_kl) > 1e-3
+    np.testing.assert_allclose(report.per_cycle["kl_k3"], trainer_kl, rtol=1e-4)

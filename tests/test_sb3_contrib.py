@@ -89,21 +89,39 @@ def test_recurrent_ppo_pairs_every_row_its_loss_uses(tmp_path):
 
 def test_maskable_ppo_with_masks_not_given_by_the_observation(tmp_path):
     """sb3-contrib's own InvalidActionEnvDiscrete draws new invalid actions at every step, so one
-    (observation, action) is sampled under several masks and an update row cannot tell which
-    sample it is. Its logits were compared with the first one's: a per-cycle exact KL of 1.2e7
-    (the masked logits' -1e8 against unmasked ones). Such rows are left out of the exact KL.
-    And each MaskableCategorical was recorded three times, two of them unmasked."""
+    (observation, action) is sampled under several masks. Each sample's mask is recorded
+    (``samples.mask``) and an update row finds the sample drawn under its own mask: per-cycle
+    kl_k3 and clip fraction equal MaskablePPO's logged approx_kl and clip fraction. (Taking the
+    first duplicate's log-prob read cycle 5's KL 12% high and its clip fraction 0.027 for 0.020;
+    comparing its logits with the first one's read an exact KL of 1.2e7, the masked logits' -1e8
+    against unmasked ones.) And each MaskableCategorical was recorded three times, two of them
+    unmasked."""
     from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+    from stable_baselines3.common.logger import Logger
+    from test_sb3 import _Capture
 
     env = InvalidActionEnvDiscrete(dim=40, n_invalid_actions=30)
     model = sb3_contrib.MaskablePPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=0,
-                                    device="cpu", verbose=0)
+                                    learning_rate=3e-3, device="cpu", verbose=0)
+    capture = _Capture()
+    model.set_logger(Logger(folder=None, output_formats=[capture]))
     with ppo_probe.watch(model.policy, model.policy.optimizer, out=tmp_path / "run", every=1) as w:
-        model.learn(256 * 5)
+        model.learn(256 * 6)
     report = ppo_probe.analyze(w.path)
     assert report.paired_fraction == 1.0
-    assert (report.run.pairs["multiplicity"] > 1).any(), "the case needs repeated (observation, action)s"
-    assert report.per_cycle["kl_exact_end"].max() < 0.01
+    sampling = report.run.samples[report.run.samples["phase"] == "sampling"]
+    masks_per_sample = sampling.groupby(["cycle", "fingerprint", "action"])["mask"].nunique()
+    assert (masks_per_sample > 1).sum() > 20, "the case needs (observation, action)s sampled under several masks"
+    assert (sampling["mask"] != 0).all()
+    logged_kl = np.array([d["train/approx_kl"] for d in capture.dumps])
+    logged_clip = np.array([d["train/clip_fraction"] for d in capture.dumps])
+    assert len(logged_kl) == 5 and logged_clip.max() > 0.01
+    cycles = report.per_cycle.iloc[:5]
+    np.testing.assert_allclose(cycles["kl_k3"], logged_kl, rtol=1e-4)
+    np.testing.assert_allclose(cycles["clip_fraction"], logged_clip, rtol=0, atol=1e-6)
+    # the rows whose logits are kept (about one in K = 40) are compared with their own sample's
+    assert report.run.pairs["kl_exact"].notna().sum() > 100
+    assert report.per_cycle["kl_exact_end"].max() < 0.05
     assert not report.diagnostics["severity"].eq("error").any(), report.diagnostics
     # MaskableCategorical runs __init__ three times (unmasked twice, then masked): one record is
     # kept, the masked one, so the entropy is over the 10 valid actions (log 10), not 3.23

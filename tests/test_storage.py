@@ -40,7 +40,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
     meta = json.loads((small_run / "meta.json").read_text())
-    assert meta["schema_version"] == 4 and meta["status"] == "complete"
+    assert meta["schema_version"] == 5 and meta["status"] == "complete"
     parts = sorted((small_run / "samples" / "rank=0").iterdir())
     assert len(parts) > 1  # flush_rows=500 forces several complete part files
     assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
@@ -119,6 +119,20 @@ def test_a_version_2_run_still_loads_without_backward_passes(small_run, tmp_path
     assert old.samples["grad_pass"].isna().all() and new.samples["grad_pass"].notna().any()
     pd.testing.assert_frame_equal(old.pairs.drop(columns="grad_pass"), new.pairs.drop(columns="grad_pass"))
     assert ppo_probe.analyze(old).diagnostics["id"].tolist() == ppo_probe.analyze(new).diagnostics["id"].tolist()
+
+
+def test_a_version_4_run_still_loads_without_masks(small_run, tmp_path):
+    """Version 5 added the samples' ``mask``; runs written before read it as 0 (nothing masked)
+    and pair as before: by (input, action) alone."""
+    run = tmp_path / "v4"
+    shutil.copytree(small_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 4}))
+    for part in (run / "samples" / "rank=0").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["mask"]), part)
+    old, new = ppo_probe.load(run), ppo_probe.load(small_run)
+    assert (old.samples["mask"] == 0).all()
+    pd.testing.assert_frame_equal(old.pairs, new.pairs)
 
 
 def test_newer_schema_and_foreign_meta_are_refused(small_run, tmp_path):

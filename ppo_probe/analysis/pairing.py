@@ -89,6 +89,15 @@ def loss_rows(pairs: pd.DataFrame, ignored: np.ndarray | None = None) -> np.ndar
     return out
 
 
+_ANY_MASK = np.iinfo(np.int64).min  # the mask code that matches a sample under any mask
+
+
+def _mask_codes(samples: pd.DataFrame) -> np.ndarray:
+    if "mask" not in samples:
+        return np.zeros(len(samples), dtype=np.int64)
+    return samples["mask"].to_numpy(np.int64, na_value=0)
+
+
 def build_pairs(
     samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None
 ) -> tuple[pd.DataFrame, int]:
@@ -97,36 +106,47 @@ def build_pairs(
     if not (samples["phase"] == "update").any():
         # (pandas cannot group an empty frame of Arrow-backed strings)
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_PAIRS.items()}), 0
+    # The mask code is part of the key where it tells samples apart: one (input, action) sampled
+    # under several masks (a mask that is not a function of the observation: sb3-contrib's
+    # InvalidActionEnvDiscrete draws new invalid actions every step) is several samples, and an
+    # update row that rebuilds the same mask finds its own. An update row whose mask matches no
+    # sample of its (input, action) (a mask rebuilt wrongly) falls back to the key without it.
+    samples = samples.assign(mask=_mask_codes(samples))
+    key = PAIR_KEY + ["mask"]
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
-    sampling = samples.loc[is_sampling, PAIR_KEY + ["logp", "row", "dist_id"]]
+    sampling = samples.loc[is_sampling, key + ["logp", "row", "dist_id"]]
     if "fingerprint_inner" in samples and samples["fingerprint_inner"].notna().any():
         # a sampling row can also be found by its inner input's hash: SB3 samples through
         # policy(obs) and updates through features_extractor(preprocess_obs(obs))
         has_inner = (samples["phase"] == "sampling") & samples["fingerprint_inner"].notna()
-        cols = [k for k in PAIR_KEY if k != "fingerprint"] + ["fingerprint_inner", "logp", "row", "dist_id"]
+        cols = [k for k in key if k != "fingerprint"] + ["fingerprint_inner", "logp", "row", "dist_id"]
         inner = samples.loc[has_inner, cols].rename(columns={"fingerprint_inner": "fingerprint"})
         sampling = pd.concat([sampling, inner[sampling.columns]], ignore_index=True)
-        sampling = sampling.drop_duplicates(PAIR_KEY + ["row"])  # the same row under one key once
-    old = sampling.drop_duplicates(PAIR_KEY, keep="first").rename(
+        sampling = sampling.drop_duplicates(key + ["row"])  # the same row under one key once
+    # each (input, action) once more under the fallback mask code, with all its samples
+    sampling = pd.concat([sampling, sampling.assign(mask=_ANY_MASK)], ignore_index=True)
+    old = sampling.drop_duplicates(key, keep="first").rename(
         columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )
-    multiplicity = sampling.groupby(PAIR_KEY, sort=False).size().rename("multiplicity")
-    # duplicates of one (input, action) that were sampled with different log-probs (a mask that is
-    # not a function of the observation: sb3-contrib's InvalidActionEnvDiscrete draws new invalid
-    # actions every step): which one an update row is, is unknown, so its logits are not compared
-    repeated = sampling[sampling.duplicated(PAIR_KEY, keep=False)]
-    logp = repeated.groupby(PAIR_KEY, sort=False)["logp"].agg(["min", "max"])
+    multiplicity = sampling.groupby(key, sort=False).size().rename("multiplicity")
+    # duplicates of one key that were sampled with different log-probs (under different masks, and
+    # the update does not rebuild one of them): which one an update row is, is unknown, so its
+    # logits are not compared
+    repeated = sampling[sampling.duplicated(key, keep=False)]
+    logp = repeated.groupby(key, sort=False)["logp"].agg(["min", "max"])
     ambiguous = ((logp["max"] - logp["min"]).abs() > 1e-6).rename("ambiguous")
-    old = old.merge(multiplicity, left_on=PAIR_KEY, right_index=True, how="left")
-    old = old.merge(ambiguous, left_on=PAIR_KEY, right_index=True, how="left")
+    old = old.merge(multiplicity, left_on=key, right_index=True, how="left")
+    old = old.merge(ambiguous, left_on=key, right_index=True, how="left")
 
     update = samples.loc[samples["phase"] == "update"]
     first_row = update.groupby(["rank", "call_id"], sort=False)["row"].transform("min")
     update = update.assign(call_pos=(update["row"] - first_row).astype("int64"))
-    pairs = update.merge(old, on=PAIR_KEY, how="left", validate="many_to_one")
+    own_mask = update[key].merge(old[key], on=key, how="left", indicator=True)["_merge"].to_numpy() == "both"
+    update["mask"] = np.where(own_mask, update["mask"].to_numpy(np.int64), _ANY_MASK)
+    pairs = update.merge(old, on=key, how="left", validate="many_to_one")
     pairs = pairs.rename(columns={"logp": "new_logp", "row": "new_row"})
     pairs["paired"] = pairs["old_logp"].notna()
-    seen_before = pairs.groupby(PAIR_KEY, sort=False, dropna=False).cumcount()
+    seen_before = pairs.groupby(key, sort=False, dropna=False).cumcount()
     pairs["epoch"] = (seen_before // pairs["multiplicity"].fillna(1).astype(np.int64)).astype("int64")
     pairs["step"] = resolve_steps(pairs, steps)
 

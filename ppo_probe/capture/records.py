@@ -193,6 +193,28 @@ class JoinedLogits:
             for key, group in members.items()
         }
 
+    def masks(self) -> dict[tuple[int, torch.device], np.ndarray]:
+        """Per group, each joined row's mask code (host int64): 0 when no category is masked;
+        else the bitmask of the masked ones for K <= 63, a hash of them above."""
+        return {key: _mask_codes(joined) for key, joined in self.joined.items()}
+
+
+_MASK_WEIGHTS: dict[int, torch.Tensor] = {}
+
+
+@torch.no_grad()
+def _mask_codes(logits: torch.Tensor) -> np.ndarray:
+    masked = logits <= MASKED_LOGIT
+    k = logits.shape[-1]
+    if k <= 63:
+        weights = torch.ones(k, dtype=torch.int64).bitwise_left_shift_(torch.arange(k))
+    else:  # random 40-bit weights, fixed per K: a sum of up to 2^23 of them does not overflow
+        if k not in _MASK_WEIGHTS:
+            _MASK_WEIGHTS[k] = torch.from_numpy(np.random.default_rng(k).integers(1, 2**40, size=k, dtype=np.int64))
+        weights = _MASK_WEIGHTS[k]
+    codes = (masked.to(torch.int64) * weights.to(logits.device)).sum(-1)
+    return codes.cpu().numpy()
+
 
 def _dist_stats(dists: list[DistRecord], logits: JoinedLogits) -> np.ndarray:
     """[len(dists), 5] per-distribution means of the row statistics (the non-finite row flag
@@ -347,6 +369,7 @@ def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) 
     if logits is None:
         logits = JoinedLogits([c.dist for c in calls])
     keep = (has_fp | has_inner) & logits_kept(selector, one_in)
+    group, position = _dist_rows(calls, counts, logits, row_index)
     columns = {
         "cycle": per_call([c.cycle for c in calls]),
         "seq": per_call([c.seq for c in calls]),
@@ -362,7 +385,8 @@ def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) 
         "logp": _host([c.logp if c.logp.dim() == 1 else c.logp.reshape(-1) for c in calls], torch.float32),
         "grad_logp": pa.array(grad, mask=~has_grad, type=pa.float32()),
         "grad_pass": pa.array(grad_pass, mask=grad_pass < 0, type=pa.int64()),
-        "logits": _logits_column(calls, counts, keep, logits, row_index),
+        "mask": _mask_column(logits, group, position),
+        "logits": _logits_column(calls, counts, keep, logits, group, position),
     }
     return columns, sum(changed)
 
@@ -377,21 +401,11 @@ def logits_kept(fingerprint: np.ndarray, one_in: np.ndarray) -> np.ndarray:
     return (one_in > 0) & (mixed % np.maximum(one_in, 1).astype(np.uint64) == 0)
 
 
-def _logits_column(
-    calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray, logits: JoinedLogits,
-    row_index: dict[int, np.ndarray],
-) -> pa.Array:
-    """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
-    null elsewhere. Gathered from the flush's joined logits, one gather and one host copy per K
-    (and device); with several K (MultiDiscrete heads of different sizes) the groups' rows are put
-    back in row order on the host."""
-    k_row = np.repeat([c.dist.n_categories for c in calls], counts)
-    offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
-    rows = np.flatnonzero(keep)
-    if not len(rows):
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array([], type=pa.float32()),
-                                        mask=pa.array(~keep, type=pa.bool_()))
-    # where each row lies: its dist's group and its row in that group's joined tensor
+def _dist_rows(
+    calls: list[CallRecord], counts: np.ndarray, logits: JoinedLogits, row_index: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each log-prob row's dist row lies: the index of its group in ``logits.joined`` (-1 for
+    a dist with no rows) and its row in that group's joined tensor."""
     keys = list(logits.joined)
     group_of = {key: g for g, key in enumerate(keys)}
     found = [logits.where.get(id(c.dist)) for c in calls]
@@ -401,8 +415,34 @@ def _logits_column(
     within = np.arange(int(counts.sum())) - np.repeat(first_row, counts)
     for i, index in row_index.items():
         within[first_row[i] : first_row[i] + counts[i]] = index
-    position = (np.repeat(call_start, counts) + within)[rows]
-    group = np.repeat(call_group, counts)[rows]
+    return np.repeat(call_group, counts), np.repeat(call_start, counts) + within
+
+
+def _mask_column(logits: JoinedLogits, group: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Each row's mask code (:meth:`JoinedLogits.masks`), 0 for rows of a dist with no rows."""
+    out = np.zeros(len(group), dtype=np.int64)
+    for g, codes in enumerate(logits.masks().values()):
+        chosen = np.flatnonzero(group == g)
+        out[chosen] = codes[position[chosen]]
+    return out
+
+
+def _logits_column(
+    calls: list[CallRecord], counts: np.ndarray, keep: np.ndarray, logits: JoinedLogits,
+    group: np.ndarray, position: np.ndarray,
+) -> pa.Array:
+    """The logits of the ``keep`` rows (a [rows] mask; only rows of calls whose logits are kept);
+    null elsewhere. Gathered from the flush's joined logits (``group``, ``position``: see
+    :func:`_dist_rows`), one gather and one host copy per K (and device); with several K
+    (MultiDiscrete heads of different sizes) the groups' rows are put back in row order on the host."""
+    k_row = np.repeat([c.dist.n_categories for c in calls], counts)
+    offsets = np.concatenate([[0], np.cumsum(np.where(keep, k_row, 0))]).astype(np.int32)
+    rows = np.flatnonzero(keep)
+    if not len(rows):
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array([], type=pa.float32()),
+                                        mask=pa.array(~keep, type=pa.bool_()))
+    keys = list(logits.joined)
+    position, group = position[rows], group[rows]
     if len(keys) == 1:  # one K: the rows in order are the values in order
         joined = logits.joined[keys[0]]
         index_t = torch.from_numpy(position).to(joined.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped whenever a table gains, loses or changes a column. Readers refuse newer versions.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: One row per log-prob row (a row of a ``Categorical.log_prob`` result).
 SAMPLES = pa.schema(
@@ -27,6 +27,9 @@ SAMPLES = pa.schema(
         ("grad_logp", pa.float32()),  # dLoss/dlogp; null when no gradient reached the row
         # the backward pass that brought it: log_prob calls made before it arrived; null: none (v3)
         ("grad_pass", pa.int64()),
+        # which categories the row's logits mask (<= -1e7): 0 none; a bitmask for K <= 63, else a
+        # hash (v5). Tells apart samples of one (input, action) drawn under different masks
+        ("mask", pa.int64()),
         ("logits", pa.list_(pa.float32())),  # normalized logits, null when K > keep_logits_max_k
     ]
 )
@@ -95,10 +98,11 @@ LAYERS = pa.schema(
 )
 
 #: Columns added after version 1, with the value older parts read as (head 0: one head per
-#: forward; no non-finite rows counted; backward pass unknown).
+#: forward; no non-finite rows counted; backward pass unknown; nothing masked).
 ADDED_COLUMNS: dict[tuple[str, str], int | None] = {
     ("samples", "head"): 0, ("dists", "head"): 0, ("dists", "nonfinite_rows"): 0,
     ("samples", "grad_pass"): None, ("dists", "sampled"): None, ("samples", "fingerprint_inner"): None,
+    ("samples", "mask"): 0,
 }
 
 TABLES: dict[str, pa.Schema] = {
