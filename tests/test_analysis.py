@@ -338,3 +338,54 @@ def test_a_failing_recommendation_is_probe_degraded_not_a_traceback(clipped_run,
     assert report.recommendation is None
     found = report.diagnostics.set_index("id").loc["probe-degraded", "evidence"]
     assert "the recommendation failed (ValueError: math domain error)" in found
+
+
+def _shared_actor_per_agent_loop(path, reduce: str, adv_scale: float = 1.0, n_agents: int = 8):
+    """A MARL-style PPO loop: one actor shared by n agents, one log_prob call per agent, one
+    backward per minibatch, advantages normalized over all agents' rows (then scaled)."""
+    torch.manual_seed(0)
+    actor = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    rows = 64
+    with ppo_probe.watch(actor, optim, out=path, every=1, strict=True) as w:
+        for _ in range(4):
+            obs = torch.randn(n_agents, rows, 6)
+            with torch.no_grad():
+                dists = [Categorical(logits=actor(obs[i])) for i in range(n_agents)]
+                action = torch.stack([d.sample() for d in dists])
+                old = torch.stack([d.log_prob(a) for d, a in zip(dists, action)])
+            adv = (action == obs[..., :4].argmax(-1)).float()
+            adv = adv_scale * (adv - adv.mean()) / (adv.std() + 1e-8)
+            for _epoch in range(4):
+                for idx in torch.randperm(rows).split(16):
+                    terms = []
+                    for i in range(n_agents):
+                        ratio = (Categorical(logits=actor(obs[i, idx])).log_prob(action[i, idx]) - old[i, idx]).exp()
+                        terms.append(torch.min(ratio * adv[i, idx], ratio.clamp(0.8, 1.2) * adv[i, idx]))
+                    loss = -torch.cat(terms).mean() if reduce == "one mean" else -sum(t.mean() for t in terms)
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step()
+    return ppo_probe.analyze(w.path)
+
+
+@pytest.mark.parametrize("reduce", ["one mean", "sum of means"])
+def test_log_prob_calls_pooled_in_one_mean_read_the_pooled_rows_as_b(tmp_path, reduce):
+    """8 agents' calls in one backward pass: torch.cat(terms).mean() divides by all 8 x 16 rows, a
+    sum of per-agent means by each call's 16. Read per call, the first showed adv_eff std 0.125
+    and fired advantages-not-normalized with an advantage scale of x8 on normalized advantages."""
+    report = _shared_actor_per_agent_loop(tmp_path / "run", reduce)
+    assert report.paired_fraction == 1.0
+    assert report.per_step["adv_eff_std"].median() == pytest.approx(1.0, abs=0.02)
+    assert report.recommendation["adv_scale"] == pytest.approx(1.0, abs=0.02)
+    assert "advantages-not-normalized" not in report.ids
+    expected_b = 8 * 16 if reduce == "one mean" else 16
+    assert (report.run.pairs["loss_rows"] == expected_b).all()
+
+
+def test_pooled_calls_with_unnormalized_advantages_still_read_as_unnormalized(tmp_path):
+    """Advantages of std 100 pooled over 8 calls: neither reading gives std 1, so the rows keep
+    the per-call B and read std 12.5, outside the band."""
+    report = _shared_actor_per_agent_loop(tmp_path / "run", "one mean", adv_scale=100.0)
+    assert "advantages-not-normalized" in report.ids
+    assert report.per_step["adv_eff_std"].median() == pytest.approx(100 / 8, rel=0.02)

@@ -98,6 +98,48 @@ def _mask_codes(samples: pd.DataFrame) -> np.ndarray:
     return samples["mask"].to_numpy(np.int64, na_value=0)
 
 
+def pooled_calls(pairs: pd.DataFrame, adv: np.ndarray, tolerance: float = 0.15) -> np.ndarray | None:
+    """Where one backward pass took several ``log_prob`` calls of one actor and head (a loop over
+    agents sharing the actor, or over timesteps), the loss either sums each call's mean (each
+    call's rows are its ``B``, as :func:`loss_rows` reads it) or takes one mean over all their
+    rows (``torch.cat(terms).mean()``: the pass's rows are the ``B``). The gradients alone do not
+    tell them apart; the advantages do, when they are normalized: read per call, N equal calls
+    pooled in one mean show an ``adv_eff`` std of 1/N. Returns the factor (the pass's rows over
+    the call's) to apply to those rows' ``loss_rows`` and ``adv_eff`` when, over the steps with
+    such passes, the median per-step std is within ``tolerance`` of 1 read pooled and not read per
+    call; None otherwise (a sum of means, or advantages not normalized either way: then
+    ``advantages-not-normalized`` reads them as the per-call loss gives them)."""
+    known = (pairs["step"].notna() & pairs["grad_pass"].notna()).to_numpy()
+    if not known.any():
+        return None
+    key = ["rank", "step", "actor", "head", "grad_pass"]
+    # one row per run of a call's rows (consecutive: one row per call): per-pass figures on calls
+    rank, call = pairs["rank"].to_numpy(np.int64, na_value=-1), pairs["call_id"].to_numpy(np.int64, na_value=-1)
+    starts = np.flatnonzero(np.r_[True, (rank[1:] != rank[:-1]) | (call[1:] != call[:-1])])
+    lengths = np.diff(np.r_[starts, len(pairs)])
+    calls = pairs.iloc[starts][key + ["call_id", "call_rows"]].loc[known[starts]]
+    grouped = calls.groupby(key, sort=False, dropna=False)
+    n_calls = grouped["call_id"].transform("nunique").to_numpy()
+    if not (n_calls >= 2).any():
+        return None
+    unique = calls.drop_duplicates(["rank", "call_id"])
+    pass_rows = unique.groupby(key, sort=False, dropna=False)["call_rows"].sum()
+    rows_of_pass = calls[key].merge(pass_rows, left_on=key, right_index=True, how="left")["call_rows"]
+    call_factor = np.ones(len(starts))
+    call_factor[known[starts]] = np.where(
+        n_calls >= 2, rows_of_pass.to_numpy(np.float64) / calls["call_rows"].to_numpy(np.float64), 1.0)
+    factor = np.repeat(call_factor, lengths)
+    rows = np.flatnonzero(factor != 1.0)
+    if not len(rows):
+        return None
+    chosen = pd.DataFrame({"rank": pairs["rank"].to_numpy()[rows], "step": pairs["step"].to_numpy()[rows],
+                           "per_call": adv[rows], "pooled": adv[rows] * factor[rows]})
+    spread = chosen.groupby(["rank", "step"], sort=False)[["per_call", "pooled"]].std().median()
+    if abs(spread["pooled"] - 1) < tolerance and not abs(spread["per_call"] - 1) < tolerance:
+        return factor
+    return None
+
+
 def build_pairs(
     samples: pd.DataFrame, steps: pd.DataFrame, logits: pa.Array | None
 ) -> tuple[pd.DataFrame, int]:
@@ -111,8 +153,11 @@ def build_pairs(
     # InvalidActionEnvDiscrete draws new invalid actions every step) is several samples, and an
     # update row that rebuilds the same mask finds its own. An update row whose mask matches no
     # sample of its (input, action) (a mask rebuilt wrongly) falls back to the key without it.
-    samples = samples.assign(mask=_mask_codes(samples))
-    key = PAIR_KEY + ["mask"]
+    masks = _mask_codes(samples)
+    masked = bool(masks.any())  # else the key without it (the common case: half the work)
+    key = PAIR_KEY + ["mask"] if masked else PAIR_KEY
+    if masked:
+        samples = samples.assign(mask=masks)
     is_sampling = (samples["phase"] == "sampling") & samples["fingerprint"].notna()
     sampling = samples.loc[is_sampling, key + ["logp", "row", "dist_id"]]
     if "fingerprint_inner" in samples and samples["fingerprint_inner"].notna().any():
@@ -123,8 +168,8 @@ def build_pairs(
         inner = samples.loc[has_inner, cols].rename(columns={"fingerprint_inner": "fingerprint"})
         sampling = pd.concat([sampling, inner[sampling.columns]], ignore_index=True)
         sampling = sampling.drop_duplicates(key + ["row"])  # the same row under one key once
-    # each (input, action) once more under the fallback mask code, with all its samples
-    sampling = pd.concat([sampling, sampling.assign(mask=_ANY_MASK)], ignore_index=True)
+    if masked:  # each (input, action) once more under the fallback mask code, with all its samples
+        sampling = pd.concat([sampling, sampling.assign(mask=_ANY_MASK)], ignore_index=True)
     old = sampling.drop_duplicates(key, keep="first").rename(
         columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
     )
@@ -141,8 +186,9 @@ def build_pairs(
     update = samples.loc[samples["phase"] == "update"]
     first_row = update.groupby(["rank", "call_id"], sort=False)["row"].transform("min")
     update = update.assign(call_pos=(update["row"] - first_row).astype("int64"))
-    own_mask = update[key].merge(old[key], on=key, how="left", indicator=True)["_merge"].to_numpy() == "both"
-    update["mask"] = np.where(own_mask, update["mask"].to_numpy(np.int64), _ANY_MASK)
+    if masked:
+        own = update[key].merge(old[key], on=key, how="left", indicator=True)["_merge"].to_numpy() == "both"
+        update["mask"] = np.where(own, update["mask"].to_numpy(np.int64), _ANY_MASK)
     pairs = update.merge(old, on=key, how="left", validate="many_to_one")
     pairs = pairs.rename(columns={"logp": "new_logp", "row": "new_row"})
     pairs["paired"] = pairs["old_logp"].notna()
@@ -167,6 +213,10 @@ def build_pairs(
     pairs["loss_rows"] = loss_rows(pairs, ignored)
     with np.errstate(divide="ignore", invalid="ignore"):
         adv = -grad * pairs["loss_rows"].to_numpy(np.float64) / terms["ratio"]
+    pooled = pooled_calls(pairs, np.where(observable, adv, np.nan))
+    if pooled is not None:
+        pairs["loss_rows"] = pairs["loss_rows"].to_numpy(np.float64) * pooled
+        adv = adv * pooled
     pairs["adv_eff"] = np.where(observable, adv, np.nan)
     old_rows = pairs["old_row"].to_numpy(np.float64, na_value=np.nan).copy()
     old_rows[pairs["ambiguous"].fillna(False).to_numpy(bool)] = np.nan
