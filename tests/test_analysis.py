@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Categorical
@@ -389,3 +390,35 @@ def test_pooled_calls_with_unnormalized_advantages_still_read_as_unnormalized(tm
     report = _shared_actor_per_agent_loop(tmp_path / "run", "one mean", adv_scale=100.0)
     assert "advantages-not-normalized" in report.ids
     assert report.per_step["adv_eff_std"].median() == pytest.approx(100 / 8, rel=0.02)
+
+
+def test_a_grad_mode_categorical_the_loss_never_uses_is_no_update_categorical(tmp_path):
+    """Tianshou's test collector takes ``dist.mode`` of Categoricals built without ``no_grad``:
+    no sample, no log_prob, no entropy gradient. Before the first rollout such an evaluation
+    resolved to step 0 and pulled its entropy toward the evaluation's; per-step entropy must be
+    that of the Categoricals the loss used, as the trainer computed it."""
+    torch.manual_seed(0)
+    actor = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5))
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    trainer_entropy = []
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", every=1, strict=True) as w:
+        for _ in range(3):
+            Categorical(logits=actor(10 * torch.randn(256, 4))).mode  # an evaluation, grad enabled
+            obs = torch.randn(256, 4)
+            with torch.no_grad():
+                dist = Categorical(logits=actor(obs))
+                action = dist.sample()
+                old = dist.log_prob(action)
+            adv = torch.randn(256)
+            for idx in torch.randperm(256).split(64):
+                dist = Categorical(logits=actor(obs[idx]))
+                ratio = (dist.log_prob(action[idx]) - old[idx]).exp()
+                entropy = dist.entropy().mean()
+                loss = -torch.min(ratio * adv[idx], ratio.clamp(0.8, 1.2) * adv[idx]).mean() - 0.01 * entropy
+                trainer_entropy.append(float(entropy.detach()))
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    report = ppo_probe.analyze(w.path)
+    assert report.paired_fraction == 1.0
+    np.testing.assert_allclose(report.per_step["entropy"], trainer_entropy, rtol=1e-5)

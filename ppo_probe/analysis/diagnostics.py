@@ -552,7 +552,7 @@ def check_update_too_large(ctx: Context):
 
 @diagnostic("policy-head-flat", "warning", "The policy head is flat and does not move")
 def check_policy_head_flat(ctx: Context):
-    d = ctx.dists[update_dists(ctx.dists) & ctx.dists["entropy_norm"].notna()]
+    d = ctx.dists[update_dists(ctx.dists, ctx.pairs) & ctx.dists["entropy_norm"].notna()]
     if d.empty:
         return None
     per_cycle = d.groupby("cycle").agg(entropy_norm=("entropy_norm", "mean"), spread=("logit_spread", "mean"))

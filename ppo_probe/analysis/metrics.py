@@ -59,7 +59,7 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
         adv_eff_std=("adv_eff", "std"),
     )
     table = counts.join(stats, how="left")
-    table = table.join(_entropy_per_step(dists, steps), how="left")
+    table = table.join(_entropy_per_step(dists, steps, pairs), how="left")
     step_info = steps.set_index(["rank", "step"])[["lr", "grad_norm", "delta_norm", "optimizer_class"]]
     table = table.reset_index().merge(step_info, left_on=["rank", "step"], right_index=True, how="left")
     table = table[_STEP_COLUMNS].sort_values(["rank", "step"]).reset_index(drop=True)
@@ -68,8 +68,8 @@ def per_step(pairs: pd.DataFrame, dists: pd.DataFrame, steps: pd.DataFrame, clip
     return table
 
 
-def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    update = dists[update_dists(dists)].copy()
+def _entropy_per_step(dists: pd.DataFrame, steps: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    update = dists[update_dists(dists, pairs)].copy()
     if update.empty:
         return pd.DataFrame(columns=["entropy", "entropy_norm"], index=pd.MultiIndex.from_tuples([], names=STEP_KEY))
     update["step"] = resolve_steps(update, steps)

@@ -37,11 +37,23 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=frame.index).where(out >= 0).astype("Int64")
 
 
-def update_dists(dists: pd.DataFrame) -> pd.Series:
+def update_dists(dists: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.Series:
     """The update-phase Categoricals: built with grad enabled and never sampled from (a rollout
-    run with grad enabled builds Categoricals with grad too, but calls sample() on them)."""
+    run with grad enabled builds Categoricals with grad too, but calls sample() on them).
+
+    With ``pairs`` (:func:`build_pairs`' or :func:`joint_rows`'), only those the loss used: a
+    forward whose update log-prob rows are in ``pairs`` (heads of one forward count together),
+    or one whose entropy took a gradient. A Categorical built with grad and used for neither
+    (Tianshou's test collector takes ``dist.mode`` of one without ``no_grad``) is left out."""
     sampled = dists["sampled"].fillna(False).astype(bool) if "sampled" in dists else False
-    return dists["grad_enabled"].fillna(False).astype(bool) & ~sampled
+    update = dists["grad_enabled"].fillna(False).astype(bool) & ~sampled
+    if pairs is None or dists.empty:
+        return update
+    def forwards(frame: pd.DataFrame) -> pd.MultiIndex:  # (rank, the first head's dist_id)
+        first = frame["dist_id"].astype("Int64") - frame["head"].fillna(0).astype("Int64")
+        return pd.MultiIndex.from_arrays([frame["rank"].astype("Int64"), first])
+    used = forwards(dists).isin(forwards(pairs).unique())
+    return update & (used | dists["grad_entropy"].notna().to_numpy())
 
 
 def padding_rows(pairs: pd.DataFrame) -> np.ndarray:
