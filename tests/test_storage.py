@@ -91,15 +91,21 @@ def test_truncated_part_file_names_the_file(small_run, tmp_path):
     assert str(part) in str(info.value)
 
 
+def _as_older_version(small_run, path, version: int, drop: dict[str, list[str]]):
+    """A copy of ``small_run`` as a run of schema ``version`` wrote it: the columns added since
+    then dropped from its part files."""
+    shutil.copytree(small_run, path)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "schema_version": version}))
+    for table, columns in drop.items():
+        for part in (path / table / "rank=0").glob("part-*.parquet"):
+            pq.write_table(pq.read_table(part).drop_columns(columns), part)
+    return path
+
+
 def test_a_version_1_run_still_loads_with_one_head(small_run, tmp_path):
     """Version 2 added the ``head`` column; runs written before read it as head 0."""
-    run = tmp_path / "v1"
-    shutil.copytree(small_run, run)
-    meta = json.loads((run / "meta.json").read_text())
-    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 1}))
-    for table in ("samples", "dists"):
-        for part in (run / table / "rank=0").glob("part-*.parquet"):
-            pq.write_table(pq.read_table(part).drop_columns(["head"]), part)
+    run = _as_older_version(small_run, tmp_path / "v1", 1, {"samples": ["head"], "dists": ["head"]})
     old, new = ppo_probe.load(run), ppo_probe.load(small_run)
     assert (old.samples["head"] == 0).all() and (old.dists["head"] == 0).all()
     pd.testing.assert_frame_equal(old.pairs, new.pairs)
@@ -109,12 +115,7 @@ def test_a_version_1_run_still_loads_with_one_head(small_run, tmp_path):
 def test_a_version_2_run_still_loads_without_backward_passes(small_run, tmp_path):
     """Version 3 added ``grad_pass``; runs written before read it as unknown (null), and their
     adv_eff falls back to the log_prob call's rows, the same as one pass per step gives."""
-    run = tmp_path / "v2"
-    shutil.copytree(small_run, run)
-    meta = json.loads((run / "meta.json").read_text())
-    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 2}))
-    for part in (run / "samples" / "rank=0").glob("part-*.parquet"):
-        pq.write_table(pq.read_table(part).drop_columns(["grad_pass"]), part)
+    run = _as_older_version(small_run, tmp_path / "v2", 2, {"samples": ["grad_pass"]})
     old, new = ppo_probe.load(run), ppo_probe.load(small_run)
     assert old.samples["grad_pass"].isna().all() and new.samples["grad_pass"].notna().any()
     pd.testing.assert_frame_equal(old.pairs.drop(columns="grad_pass"), new.pairs.drop(columns="grad_pass"))
@@ -124,12 +125,7 @@ def test_a_version_2_run_still_loads_without_backward_passes(small_run, tmp_path
 def test_a_version_4_run_still_loads_without_masks(small_run, tmp_path):
     """Version 5 added the samples' ``mask``; runs written before read it as 0 (nothing masked)
     and pair as before: by (input, action) alone."""
-    run = tmp_path / "v4"
-    shutil.copytree(small_run, run)
-    meta = json.loads((run / "meta.json").read_text())
-    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 4}))
-    for part in (run / "samples" / "rank=0").glob("part-*.parquet"):
-        pq.write_table(pq.read_table(part).drop_columns(["mask"]), part)
+    run = _as_older_version(small_run, tmp_path / "v4", 4, {"samples": ["mask"]})
     old, new = ppo_probe.load(run), ppo_probe.load(small_run)
     assert (old.samples["mask"] == 0).all()
     pd.testing.assert_frame_equal(old.pairs, new.pairs)

@@ -49,11 +49,14 @@ def update_dists(dists: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.S
     update = dists["grad_enabled"].fillna(False).astype(bool) & ~sampled
     if pairs is None or dists.empty:
         return update
-    def forwards(frame: pd.DataFrame) -> pd.MultiIndex:  # (rank, the first head's dist_id)
-        first = frame["dist_id"].astype("Int64") - frame["head"].fillna(0).astype("Int64")
-        return pd.MultiIndex.from_arrays([frame["rank"].astype("Int64"), first])
-    used = forwards(dists).isin(forwards(pairs).unique())
+    used = _forwards(dists).isin(_forwards(pairs).unique())
     return update & (used | dists["grad_entropy"].notna().to_numpy())
+
+
+def _forwards(frame: pd.DataFrame) -> pd.MultiIndex:
+    """(rank, the first head's dist_id) of each row: the forward its Categorical came from."""
+    first = frame["dist_id"].astype("Int64") - frame["head"].fillna(0).astype("Int64")
+    return pd.MultiIndex.from_arrays([frame["rank"].astype("Int64"), first])
 
 
 def padding_rows(pairs: pd.DataFrame) -> np.ndarray:
@@ -104,7 +107,8 @@ def loss_rows(pairs: pd.DataFrame, ignored: np.ndarray | None = None) -> np.ndar
 _ANY_MASK = np.iinfo(np.int64).min  # the mask code that matches a sample under any mask
 
 
-def _mask_codes(samples: pd.DataFrame) -> np.ndarray:
+def _sample_masks(samples: pd.DataFrame) -> np.ndarray:
+    """The samples' mask codes (``samples.mask``); 0 (nothing masked) where absent."""
     if "mask" not in samples:
         return np.zeros(len(samples), dtype=np.int64)
     return samples["mask"].to_numpy(np.int64, na_value=0)
@@ -125,22 +129,18 @@ def pooled_calls(pairs: pd.DataFrame, adv: np.ndarray, tolerance: float = 0.15) 
     if not known.any():
         return None
     key = ["rank", "step", "actor", "head", "grad_pass"]
-    # one row per run of a call's rows (consecutive: one row per call): per-pass figures on calls
+    # one row per call: a call's rows are consecutive (update rows keep the samples' row order)
     rank, call = pairs["rank"].to_numpy(np.int64, na_value=-1), pairs["call_id"].to_numpy(np.int64, na_value=-1)
     starts = np.flatnonzero(np.r_[True, (rank[1:] != rank[:-1]) | (call[1:] != call[:-1])])
-    lengths = np.diff(np.r_[starts, len(pairs)])
-    calls = pairs.iloc[starts][key + ["call_id", "call_rows"]].loc[known[starts]]
-    grouped = calls.groupby(key, sort=False, dropna=False)
-    n_calls = grouped["call_id"].transform("nunique").to_numpy()
+    calls = pairs.iloc[starts[known[starts]]]
+    per_pass = calls.groupby(key, sort=False, dropna=False)["call_rows"]
+    n_calls = per_pass.transform("size").to_numpy()
     if not (n_calls >= 2).any():
         return None
-    unique = calls.drop_duplicates(["rank", "call_id"])
-    pass_rows = unique.groupby(key, sort=False, dropna=False)["call_rows"].sum()
-    rows_of_pass = calls[key].merge(pass_rows, left_on=key, right_index=True, how="left")["call_rows"]
+    own_rows = calls["call_rows"].to_numpy(np.float64)
     call_factor = np.ones(len(starts))
-    call_factor[known[starts]] = np.where(
-        n_calls >= 2, rows_of_pass.to_numpy(np.float64) / calls["call_rows"].to_numpy(np.float64), 1.0)
-    factor = np.repeat(call_factor, lengths)
+    call_factor[known[starts]] = np.where(n_calls >= 2, per_pass.transform("sum").to_numpy(np.float64) / own_rows, 1.0)
+    factor = np.repeat(call_factor, np.diff(np.r_[starts, len(pairs)]))
     rows = np.flatnonzero(factor != 1.0)
     if not len(rows):
         return None
@@ -165,7 +165,7 @@ def build_pairs(
     # InvalidActionEnvDiscrete draws new invalid actions every step) is several samples, and an
     # update row that rebuilds the same mask finds its own. An update row whose mask matches no
     # sample of its (input, action) (a mask rebuilt wrongly) falls back to the key without it.
-    masks = _mask_codes(samples)
+    masks = _sample_masks(samples)
     masked = bool(masks.any())  # else the key without it (the common case: half the work)
     key = PAIR_KEY + ["mask"] if masked else PAIR_KEY
     if masked:

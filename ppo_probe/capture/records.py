@@ -205,15 +205,19 @@ _MASK_WEIGHTS: dict[int, torch.Tensor] = {}
 @torch.no_grad()
 def _mask_codes(logits: torch.Tensor) -> np.ndarray:
     masked = logits <= MASKED_LOGIT
-    k = logits.shape[-1]
+    rows, k = masked.shape
+    if not bool(masked.any()):  # the common case: nothing masked, no int64 [rows, K] product
+        return np.zeros(rows, dtype=np.int64)
     if k <= 63:
         weights = torch.ones(k, dtype=torch.int64).bitwise_left_shift_(torch.arange(k))
     else:  # random 40-bit weights, fixed per K: a sum of up to 2^23 of them does not overflow
         if k not in _MASK_WEIGHTS:
             _MASK_WEIGHTS[k] = torch.from_numpy(np.random.default_rng(k).integers(1, 2**40, size=k, dtype=np.int64))
         weights = _MASK_WEIGHTS[k]
-    codes = (masked.to(torch.int64) * weights.to(logits.device)).sum(-1)
-    return codes.cpu().numpy()
+    weights = weights.to(masked.device)
+    # in slices of ~4M elements: the int64 product is 8 bytes per logit, twice the logits' own size
+    codes = [(part.to(torch.int64) * weights).sum(-1) for part in masked.split(max(1, (1 << 22) // k))]
+    return torch.cat(codes).cpu().numpy()
 
 
 def _dist_stats(dists: list[DistRecord], logits: JoinedLogits) -> np.ndarray:
