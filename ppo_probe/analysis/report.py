@@ -237,6 +237,9 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+_RATIO_ROUNDING = 1e-6  # |r - 1| under this is float32 rounding of r = 1 (its ULP is 1.2e-7)
+
+
 def infer_clip_coef(pairs: pd.DataFrame) -> float | None:
     """PPO's eps from where the clipped branch is active (zero log-prob gradient).
 
@@ -252,7 +255,14 @@ def infer_clip_coef(pairs: pd.DataFrame) -> float | None:
     dev = (rows["ratio"].astype(float) - 1.0)
     toward = rows[(grad != 0) & (np.sign(rows["adv_eff"].astype(float)) * dev > 0)]
     lo = float((toward["ratio"].astype(float) - 1).abs().max()) if len(toward) else 0.0
-    hi = float((clipped["ratio"].astype(float) - 1).abs().min())
+    # A clipped row within float32 rounding of r = 1 brackets nothing: the trainer's exp may have
+    # put its ratio an ULP off 1 where NumPy's reads exactly 1 (SB3 at eps = 0, the last cycle of
+    # a clip_range schedule, read no eps on torch 2.2 and 2.14 for that)
+    away = (clipped["ratio"].astype(float) - 1).abs()
+    away = away[away >= _RATIO_ROUNDING]
+    if away.empty:
+        return None
+    hi = float(away.min())
     if not lo < hi:
         return None
     for decimals in (1, 2, 3, 4):
