@@ -183,14 +183,22 @@ def _uninstall() -> None:
 # The session methods never raise (they count their failures) unless the session is strict.
 
 
-def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
-    try:
-        wrapped(*args, **kwargs)
-    except Exception:
-        # The trainer is about to crash (e.g. validation of NaN logits): note why, then re-raise.
-        for session in _sessions:
-            session.on_dist_init_failed(args, kwargs)
-        raise
+def _eager(report: Any, *args: Any) -> None:
+    """``report(*args)``, never traced. Dynamo can trace past the original's graph break into the
+    wrapper (torch 2.3 does, and traces any wrapper when the patch went in before Dynamo was
+    loaded); traced, the session's bookkeeping made it raise into the trainer ('getset_descriptor'
+    object is not subscriptable, at the Categorical's __dict__). So under tracing the report goes
+    to dynamo.eagerly, or, before prepare() has made that, the graph ends here: Dynamo then runs
+    the call eagerly, report included. Not compiling: one check and one call."""
+    if dynamo.is_compiling():
+        if dynamo.eagerly is not None:
+            dynamo.eagerly(report, *args)
+            return
+        torch._dynamo.graph_break()
+    report(*args)
+
+
+def _report_init(instance: Any, args: Any, kwargs: Any) -> None:
     source = kwargs.get("logits", kwargs.get("probs", args[0] if args else None))
     cls = type(instance)
     if cls is not Categorical and cls not in _subclasses:
@@ -199,27 +207,53 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
         session.on_dist_init(instance, source)
 
 
-def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    result = wrapped(*args, **kwargs)
+def _report_init_failed(args: Any, kwargs: Any) -> None:
+    for session in _sessions:
+        session.on_dist_init_failed(args, kwargs)
+
+
+def _report_sample(instance: Any, result: Any) -> None:
     for session in _sessions:
         session.on_sample(instance, result)
+
+
+def _report_log_prob_event(instance: Any, value: Any, result: Any) -> None:
+    for session in _sessions:
+        session.on_log_prob(instance, value, result)
+
+
+def _report_entropy_event(instance: Any, result: Any) -> None:
+    for session in _sessions:
+        session.on_entropy(instance, result)
+
+
+def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    try:
+        wrapped(*args, **kwargs)
+    except Exception:
+        # The trainer is about to crash (e.g. validation of NaN logits): note why, then re-raise.
+        _eager(_report_init_failed, args, kwargs)
+        raise
+    _eager(_report_init, instance, args, kwargs)
+
+
+def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    _eager(_report_sample, instance, result)
     return result
 
 
 def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     _events.n += 1
-    value = args[0] if args else kwargs.get("value")
-    for session in _sessions:
-        session.on_log_prob(instance, value, result)
+    _eager(_report_log_prob_event, instance, args[0] if args else kwargs.get("value"), result)
     return result
 
 
 def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     _events.n += 1
-    for session in _sessions:
-        session.on_entropy(instance, result)
+    _eager(_report_entropy_event, instance, result)
     return result
 
 
@@ -233,7 +267,7 @@ def _reported_once(report: Any) -> Any:
         result = wrapped(*args, **kwargs)
         if _events.n == before and isinstance(result, torch.Tensor):
             _events.n += 1
-            report(instance, args, kwargs, result)
+            _eager(report, instance, args, kwargs, result)
         return result
 
     return wrapper

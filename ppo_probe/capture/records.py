@@ -97,7 +97,9 @@ class StepLayout:
     feeds_logits: np.ndarray  # bool
 
 
-@dataclass(eq=False, slots=True)
+# no slots: torch 2.3's Dynamo, compiling the step hooks' frames under a compiled
+# optimizer.step, guards on the pending record by weak reference
+@dataclass(eq=False)
 class StepRecord:
     """One optimizer step. Its per-parameter norms are stacked into one tensor and its masks are
     bytes (few objects for the garbage collector to track while buffered); ``*_present`` say
