@@ -164,7 +164,9 @@ class Watch:
     An ``out`` that cannot be created or written (permissions, a read-only or full disk) does not
     stop the training: one RuntimeWarning says so, the body runs unwatched, and ``recording`` is
     False (with ``strict=True`` it is an OSError instead). An ``out`` that is a file, or holds a
-    run without ``overwrite``, is a FileExistsError at entry.
+    run without ``overwrite``, is a FileExistsError at entry. Likewise a torch that cannot hand
+    tensors to NumPy (torch 2.2 beside NumPy 2): a RuntimeWarning, nothing recorded (with
+    ``strict=True``, a RuntimeError).
     """
 
     def __init__(
@@ -232,6 +234,13 @@ class Watch:
         if self._used:
             raise RuntimeError("a Watch can be entered once; call ppo_probe.watch(...) again")
         self._used = True
+        problem = _numpy_problem()
+        if problem is not None:  # every flush would fail: say why once, record nothing
+            if self.settings.strict:
+                raise RuntimeError(problem)
+            _warn(f"{problem}; training continues unrecorded")
+            self.recording = False
+            return self
         rank, world = _rank()
         self._rank = rank
         if self._default_path and world > 1:
@@ -536,6 +545,20 @@ def _guarded(session: Session, place: str, fn: Any) -> Any:
             session.fail(place, exc)
 
     return hook
+
+
+def _numpy_problem() -> str | None:
+    """Why this torch cannot hand tensors to NumPy, which every flush does; None when it can.
+    (torch 2.2 was built against NumPy 1.x: beside NumPy 2, ``Tensor.numpy()`` raises.)"""
+    try:
+        torch.zeros(1).numpy()
+    except RuntimeError as exc:
+        import numpy
+
+        return (f"ppo_probe: torch {torch.__version__} cannot hand tensors to NumPy {numpy.__version__} "
+                f"({exc}): it was built against NumPy 1.x (torch 2.2 and older) or without NumPy; "
+                "install 'numpy<2' or a newer torch")
+    return None
 
 
 def _warn(message: str) -> None:

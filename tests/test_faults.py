@@ -90,3 +90,25 @@ def test_an_output_directory_that_cannot_be_created_leaves_training_untouched(tm
     for p, q in zip(actor.parameters(), reference.parameters()):
         assert torch.equal(p, q)
     assert Categorical.__init__ is _CATEGORICAL_INIT  # nothing was patched
+
+
+def test_a_torch_that_cannot_hand_tensors_to_numpy_leaves_training_untouched(tmp_path, monkeypatch):
+    """torch 2.2 beside NumPy 2 cannot (``Tensor.numpy()`` raises 'Numpy is not available'), and
+    every flush needs it: one warning that says what to install, the training runs exactly as
+    unwatched, nothing is written. (The problem itself is stood in for: this stack has none, which
+    the first assert checks; the message was seen on torch 2.2.2 with NumPy 2.1.3.)"""
+    import sys
+
+    watch_module = sys.modules["ppo_probe.watch"]
+    assert watch_module._numpy_problem() is None
+    reference, _ = _train()
+    monkeypatch.setattr(watch_module, "_numpy_problem", lambda: "ppo_probe: torch cannot hand tensors to NumPy")
+    with pytest.warns(RuntimeWarning, match="cannot hand tensors to NumPy; training continues unrecorded"):
+        actor, w = _train(tmp_path / "run")
+    assert w.recording is False and not (tmp_path / "run").exists()
+    for p, q in zip(actor.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert Categorical.__init__ is _CATEGORICAL_INIT  # nothing was patched
+    with pytest.raises(RuntimeError, match="cannot hand tensors to NumPy"):
+        with ppo_probe.watch(actor, out=tmp_path / "strict", strict=True):
+            pass
