@@ -181,21 +181,7 @@ def _uninstall() -> None:
 
 # Each wrapper runs the original first: if it raises, the trainer sees its own error untouched.
 # The session methods never raise (they count their failures) unless the session is strict.
-
-
-def _eager(report: Any, *args: Any) -> None:
-    """``report(*args)``, never traced. Dynamo can trace past the original's graph break into the
-    wrapper (torch 2.3 does, and traces any wrapper when the patch went in before Dynamo was
-    loaded); traced, the session's bookkeeping made it raise into the trainer ('getset_descriptor'
-    object is not subscriptable, at the Categorical's __dict__). So under tracing the report goes
-    to dynamo.eagerly, or, before prepare() has made that, the graph ends here: Dynamo then runs
-    the call eagerly, report included. Not compiling: one check and one call."""
-    if dynamo.is_compiling():
-        if dynamo.eagerly is not None:
-            dynamo.eagerly(report, *args)
-            return
-        torch._dynamo.graph_break()
-    report(*args)
+# Their reports go through dynamo.call_untraced: traced by Dynamo, they would raise into the trainer.
 
 
 def _report_init(instance: Any, args: Any, kwargs: Any) -> None:
@@ -232,28 +218,29 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
         wrapped(*args, **kwargs)
     except Exception:
         # The trainer is about to crash (e.g. validation of NaN logits): note why, then re-raise.
-        _eager(_report_init_failed, args, kwargs)
+        dynamo.call_untraced(_report_init_failed, args, kwargs)
         raise
-    _eager(_report_init, instance, args, kwargs)
+    dynamo.call_untraced(_report_init, instance, args, kwargs)
 
 
 def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    _eager(_report_sample, instance, result)
+    dynamo.call_untraced(_report_sample, instance, result)
     return result
 
 
 def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     _events.n += 1
-    _eager(_report_log_prob_event, instance, args[0] if args else kwargs.get("value"), result)
+    value = args[0] if args else kwargs.get("value")
+    dynamo.call_untraced(_report_log_prob_event, instance, value, result)
     return result
 
 
 def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     _events.n += 1
-    _eager(_report_entropy_event, instance, result)
+    dynamo.call_untraced(_report_entropy_event, instance, result)
     return result
 
 
@@ -267,7 +254,7 @@ def _reported_once(report: Any) -> Any:
         result = wrapped(*args, **kwargs)
         if _events.n == before and isinstance(result, torch.Tensor):
             _events.n += 1
-            _eager(report, instance, args, kwargs, result)
+            dynamo.call_untraced(report, instance, args, kwargs, result)
         return result
 
     return wrapper
@@ -277,13 +264,11 @@ def _report_log_prob(instance: Any, args: Any, kwargs: Any, result: torch.Tensor
     value = args[0] if args else kwargs.get("value")
     if not (isinstance(value, torch.Tensor) and value.dim() <= result.dim()):
         value = None  # not one action index per log-prob (one-hot, say): counted as untracked
-    for session in _sessions:
-        session.on_log_prob(instance, value, result)
+    _report_log_prob_event(instance, value, result)
 
 
 def _report_entropy(instance: Any, args: Any, kwargs: Any, result: torch.Tensor) -> None:
-    for session in _sessions:
-        session.on_entropy(instance, result)
+    _report_entropy_event(instance, result)
 
 
 _SUB_WRAPPERS = {"log_prob": _reported_once(_report_log_prob), "entropy": _reported_once(_report_entropy)}

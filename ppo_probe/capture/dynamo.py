@@ -53,3 +53,19 @@ def untraced(fn: Callable[[Any, Any, Any], None], note: Callable[[], None] | Non
             fn(a, b, c)
 
     return hook
+
+
+def call_untraced(fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)``, never traced: under tracing it goes to :data:`eagerly`, or, before
+    :func:`prepare` has made that, the graph ends here (``torch._dynamo.graph_break``), so that
+    Dynamo runs the enclosing call eagerly, ``fn`` included. For the Categorical patch's reports:
+    Dynamo can trace past the patch's own graph break into its wrapper (torch 2.3 does, and traces
+    any wrapper when the patch went in before Dynamo was loaded), and traced, the session's
+    bookkeeping made it raise into the trainer ('getset_descriptor' object is not subscriptable,
+    at a Categorical's __dict__). Not compiling: one check and one call."""
+    if is_compiling():
+        if eagerly is not None:
+            eagerly(fn, *args)
+            return
+        torch._dynamo.graph_break()
+    fn(*args)
