@@ -17,7 +17,14 @@ Held out in task: two MountainCar-v0 tasks (SWEEP_NEW_TASKS, the CleanRL-style a
 were added after seeds 22-25 and before any of their runs; they run only by name (--tasks
 MountainCar).
 
-Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300]
+Reachability (``--grid``, scoring decided in session 14 for seeds not yet run; README): a rerun
+that misses sends its (task, seed) through kl_vs_lr.py's 15 lrs (1e-4..3e-2), each a run from
+scratch, once per (task, seed). Where none of them lands on target, the band is out of reach of
+the lr on that seed; the case then counts as answered when the report said so ("may not be
+reachable by the lr alone") and as missed when it did not. Where some grid lr lands, the miss
+stays a miss.
+
+Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300] [--grid]
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppo_probe  # noqa: E402
+from kl_vs_lr import LRS as GRID  # noqa: E402
 from recommend import CYCLES, SWEEP_NEW_TASKS, kl_of, select_tasks  # noqa: E402
+
+UNREACHABLE = "may not be reachable by the lr alone"  # the rationale's words (analysis/recommend.py)
 
 
 def main() -> None:
@@ -39,13 +49,18 @@ def main() -> None:
                         help="only the tasks whose name holds one of these words; default: all five")
     parser.add_argument("--span", type=float, default=300.0, help="last cycle's lr / first cycle's")
     parser.add_argument("--target-kl", type=float, default=0.02)
+    parser.add_argument("--grid", action="store_true",
+                        help="score a miss by whether any of 15 lrs reaches the band (see above)")
     args = parser.parse_args()
     tasks = select_tasks(parser, args.tasks, SWEEP_NEW_TASKS)
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
-    rows = []
-    print("| task | seed | lr | sweep's per-cycle KLs | read off a cliff | recommended lr | KL of rerun | on target |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = []  # (task, rerun's KL, answered: on target, or said unreachable where it is)
+    reachable: dict[tuple[str, int], bool] = {}
+    grid_col = " | band reachable (grid) | answered" if args.grid else ""
+    print("| task | seed | lr | sweep's per-cycle KLs | read off a cliff | recommended lr | KL of rerun | "
+          f"on target{grid_col} |")
+    print("|---|---|---|---|---|---|---|---|" + "---|---|" * args.grid)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for task, (run, lrs) in tasks.items():
@@ -55,19 +70,36 @@ def main() -> None:
                     report = ppo_probe.analyze(run(lr, seed, base, lr_sweep=factor), target_kl=target)
                     kls = " ".join(f"{v:.3g}" for v in report.per_cycle["kl_k3"])
                     lr_rec = report.recommendation["lr"]
-                    cliff = "a cliff, not a slope" in report.recommendation["rationale"]
+                    rationale = report.recommendation["rationale"]
+                    cliff = "a cliff, not a slope" in rationale
                     kl1, _ = kl_of(run(lr_rec, seed, base.with_name(base.name + "-rec")), target)
-                    rows.append((task, kl1))
+                    answered, extra = inside(kl1), ""
+                    if args.grid:
+                        if not inside(kl1) and (task, seed) not in reachable:
+                            grid_base = Path(tmp) / f"{run.__name__}-{seed}-grid"
+                            reachable[(task, seed)] = any(
+                                inside(kl_of(run(g, seed, grid_base.with_name(f"{grid_base.name}-{j}")), target)[0])
+                                for j, g in enumerate(GRID)
+                            )
+                        if not inside(kl1):
+                            answered = not reachable[(task, seed)] and UNREACHABLE in rationale
+                        reach = reachable.get((task, seed))
+                        extra = f" | {'-' if reach is None else 'yes' if reach else 'no'} | {'yes' if answered else 'no'}"
+                    rows.append((task, kl1, answered))
                     print(f"| {task} | {seed} | {lr:.3g} | {kls} | {'yes' if cliff else 'no'} | {lr_rec:.3g} | "
-                          f"{kl1:.3g} | {'yes' if inside(kl1) else 'no'} |", flush=True)
-    print("| task | rerun on target |")
-    print("|---|---|")
+                          f"{kl1:.3g} | {'yes' if inside(kl1) else 'no'}{extra} |", flush=True)
+    print(f"| task | rerun on target{' | answered' if args.grid else ''} |")
+    print("|---|---|" + "---|" * args.grid)
     for task in tasks:
-        mine = [kl for t, kl in rows if t == task]
-        print(f"| {task} | {sum(map(inside, mine))}/{len(mine)} |")
-    ours = sum(inside(kl) for _, kl in rows)
+        mine = [(kl, a) for t, kl, a in rows if t == task]
+        cell = f" | {sum(a for _, a in mine)}/{len(mine)}" if args.grid else ""
+        print(f"| {task} | {sum(inside(kl) for kl, _ in mine)}/{len(mine)}{cell} |")
+    ours = sum(inside(kl) for _, kl, _ in rows)
     print(f"rerun at the sweep's lr on target in {ours} of {len(rows)} cases ({ours / len(rows):.0%})")
-
+    if args.grid:
+        said = sum(a for _, _, a in rows)
+        print(f"answered (on target, or the band said and found out of reach): {said} of {len(rows)} "
+              f"({said / len(rows):.0%})")
 
 if __name__ == "__main__":
     main()
