@@ -284,7 +284,7 @@ def infer_clip_schedule(pairs: pd.DataFrame) -> pd.Series | None:
         return None
     cycles = sorted(int(c) for c in pairs["cycle"].dropna().unique())
     known = np.array(sorted(found))
-    nearest = [found[int(known[np.abs(known - c).argmin()])] for c in cycles]
+    nearest = [found[int(known[int(np.argmin(np.abs(known - c)))])] for c in cycles]
     return pd.Series(nearest, index=cycles, dtype=float)
 
 
