@@ -22,7 +22,9 @@ that misses sends its (task, seed) through kl_vs_lr.py's 15 lrs (1e-4..3e-2), ea
 scratch, once per (task, seed). Where none of them lands on target, the band is out of reach of
 the lr on that seed; the case then counts as answered when the report said so ("may not be
 reachable by the lr alone") and as missed when it did not. Where some grid lr lands, the miss
-stays a miss.
+stays a miss. That scoring does not charge a wrong "out of reach", so the script also counts
+the claims its own runs refute (the rerun or a grid lr of that seed landed), and prints the first
+grid lr that landed for each (task, seed) it found reachable.
 
 Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300] [--grid]
 """
@@ -55,12 +57,13 @@ def main() -> None:
     tasks = select_tasks(parser, args.tasks, SWEEP_NEW_TASKS)
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
-    rows = []  # (task, rerun's KL, answered: on target, or said unreachable where it is)
+    rows = []  # (task, seed, rerun's KL, answered: on target, or said unreachable where it is, said)
     reachable: dict[tuple[str, int], bool] = {}
-    grid_col = " | band reachable (grid) | answered" if args.grid else ""
+    landed: list[str] = []  # the first grid lr that landed, per (task, seed) found reachable
+    grid_col = " | said out of reach | band reachable (grid) | answered" if args.grid else ""
     print("| task | seed | lr | sweep's per-cycle KLs | read off a cliff | recommended lr | KL of rerun | "
           f"on target{grid_col} |")
-    print("|---|---|---|---|---|---|---|---|" + "---|---|" * args.grid)
+    print("|---|---|---|---|---|---|---|---|" + "---|---|---|" * args.grid)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for task, (run, lrs) in tasks.items():
@@ -73,33 +76,45 @@ def main() -> None:
                     rationale = report.recommendation["rationale"]
                     cliff = "a cliff, not a slope" in rationale
                     kl1, _ = kl_of(run(lr_rec, seed, base.with_name(base.name + "-rec")), target)
-                    answered, extra = inside(kl1), ""
+                    answered, extra, said = inside(kl1), "", UNREACHABLE in rationale
                     if args.grid:
                         if not inside(kl1) and (task, seed) not in reachable:
                             grid_base = Path(tmp) / f"{run.__name__}-{seed}-grid"
-                            reachable[(task, seed)] = any(
-                                inside(kl_of(run(g, seed, grid_base.with_name(f"{grid_base.name}-{j}")), target)[0])
-                                for j, g in enumerate(GRID)
-                            )
+                            reachable[(task, seed)] = False
+                            for j, g in enumerate(GRID):  # up to the first grid lr that lands
+                                path = run(g, seed, grid_base.with_name(f"{grid_base.name}-{j}"))
+                                kl_g = kl_of(path, target)[0]
+                                if inside(kl_g):
+                                    reachable[(task, seed)] = True
+                                    landed.append(f"{task}, seed {seed}: lr {g:.3g} gave {kl_g:.3g}")
+                                    break
                         if not inside(kl1):
-                            answered = not reachable[(task, seed)] and UNREACHABLE in rationale
+                            answered = not reachable[(task, seed)] and said
                         reach = reachable.get((task, seed))
-                        extra = f" | {'-' if reach is None else 'yes' if reach else 'no'} | {'yes' if answered else 'no'}"
-                    rows.append((task, kl1, answered))
+                        extra = (f" | {'yes' if said else 'no'} | {'-' if reach is None else 'yes' if reach else 'no'}"
+                                 f" | {'yes' if answered else 'no'}")
+                    rows.append((task, seed, kl1, answered, said))
                     print(f"| {task} | {seed} | {lr:.3g} | {kls} | {'yes' if cliff else 'no'} | {lr_rec:.3g} | "
                           f"{kl1:.3g} | {'yes' if inside(kl1) else 'no'}{extra} |", flush=True)
     print(f"| task | rerun on target{' | answered' if args.grid else ''} |")
     print("|---|---|" + "---|" * args.grid)
     for task in tasks:
-        mine = [(kl, a) for t, kl, a in rows if t == task]
+        mine = [(kl, a) for t, _, kl, a, _ in rows if t == task]
         cell = f" | {sum(a for _, a in mine)}/{len(mine)}" if args.grid else ""
         print(f"| {task} | {sum(inside(kl) for kl, _ in mine)}/{len(mine)}{cell} |")
-    ours = sum(inside(kl) for _, kl, _ in rows)
+    ours = sum(inside(kl) for _, _, kl, _, _ in rows)
     print(f"rerun at the sweep's lr on target in {ours} of {len(rows)} cases ({ours / len(rows):.0%})")
     if args.grid:
-        said = sum(a for _, _, a in rows)
-        print(f"answered (on target, or the band said and found out of reach): {said} of {len(rows)} "
-              f"({said / len(rows):.0%})")
+        answers = sum(a for _, _, _, a, _ in rows)
+        print(f"answered (on target, or the band said and found out of reach): {answers} of {len(rows)} "
+              f"({answers / len(rows):.0%})")
+        # the scoring credits a true "out of reach" and does not charge a false one, so count those:
+        # said where this rerun, or a grid lr of the same (task, seed), landed on target
+        claims = [(t, s, kl) for t, s, kl, _, said in rows if said]
+        wrong = sum(inside(kl) or reachable.get((t, s)) is True for t, s, kl in claims)
+        print(f"said out of reach in {len(claims)} cases; wrongly (the band was reached) in {wrong}")
+        for line in landed:
+            print(f"band reached by the grid: {line}")
 
 if __name__ == "__main__":
     main()
