@@ -80,7 +80,7 @@ def main() -> None:
         for owner, name, new in KNOCKOUTS.get(variant, []):
             setattr(owner, name, new)
         try:
-            return run("plain" if variant == "plain" else ALL_CYCLES, tmp / f"{variant}-{tag}", size)
+            return run("plain" if variant == "plain" else ALL_CYCLES, tmp / f"{variant}-{tag}", size)[0]
         finally:
             for owner, name, original in saved:
                 setattr(owner, name, original)

@@ -58,7 +58,8 @@ from ppo_probe.capture.session import Settings
 VARIANTS = ("plain", "watched", "manual", "histogram")
 CASES = ("cartpole", "cartpole-long", "mlp", "mlp-long", "memory", "analysis")
 ALL_CYCLES = "watched every=1"  # the watch recording every cycle, not its default schedule
-Runner = Callable[[str, Path, int], float]  # (variant, out dir, size) -> seconds
+# (variant, out dir, size) -> (wall seconds, CPU seconds of the process's threads)
+Runner = Callable[[str, Path, int], tuple[float, float]]
 
 
 def log(msg: str) -> None:
@@ -82,29 +83,38 @@ def instrument(
             yield
 
 
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clocks()
+    return wall - start[0], cpu - start[1]
+
+
 def cartpole_runner() -> Runner:
     example = load_example()
 
-    def run(variant: str, out: Path, timesteps: int) -> float:
+    def run(variant: str, out: Path, timesteps: int) -> tuple[float, float]:
         cfg = example.Config(seed=1, total_timesteps=timesteps)
         envs, agent, optim = example.build(cfg)
-        start = time.perf_counter()
+        start = _clocks()
         with instrument(variant, agent, optim, out):
             example.train(cfg, envs, agent, optim)
-        return time.perf_counter() - start
+        return _since(start)
 
     return run
 
 
 def mlp_runner(cfg: Config) -> Runner:
-    def run(variant: str, out: Path, cycles: int) -> float:
+    def run(variant: str, out: Path, cycles: int) -> tuple[float, float]:
         torch.manual_seed(cfg.seed)
         actor = make_actor(cfg)
         optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-        start = time.perf_counter()
+        start = _clocks()
         with instrument(variant, actor, optim, out):
             train(replace(cfg, cycles=cycles), actor, optim)
-        return time.perf_counter() - start
+        return _since(start)
 
     return run
 
@@ -123,22 +133,32 @@ def bench_case(
     tmp: Path,
     variants: tuple[str, ...] = VARIANTS,
 ) -> dict:
-    """Alternated A/B/C/D: median time per variant, median per-repeat ratio to plain."""
+    """Alternated A/B/C/D: median time per variant, median per-repeat ratio to plain (of wall
+    time; and of CPU time, which leaves out the time a shared host's vCPU was taken away)."""
     for variant in variants:  # warm-up: imports, allocator, env registration, hooks
         run(variant, tmp / f"{name}-warm-{variant}", warm_size)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(repeats):
         order = variants[i % len(variants) :] + variants[: i % len(variants)]
         for variant in order:
-            times[variant].append(run(variant, tmp / f"{name}-{i}-{variant}", size))
-        log(f"  {name} repeat {i}: " + "  ".join(f"{v} {times[v][-1]:.3f}s" for v in variants))
-    ratios = {
-        v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in variants
-    }
+            wall, used = run(variant, tmp / f"{name}-{i}-{variant}", size)
+            times[variant].append(wall)
+            cpu[variant].append(used)
+        log(f"  {name} repeat {i}: " + "  ".join(
+            f"{v} {times[v][-1]:.3f}s (cpu {cpu[v][-1]:.3f}s)" for v in variants))
+
+    def ratio(per: dict[str, list[float]]) -> dict[str, float]:
+        return {v: statistics.median(t / p for t, p in zip(per[v], per["plain"])) for v in variants}
+
+    ratios = ratio(times)
     best = {v: min(times[v]) / min(times["plain"]) for v in variants}
     return {
         "time": {v: statistics.median(t) for v, t in times.items()},
         "ratio": ratios,
+        "cpu_ratio": ratio(cpu),
+        "spread": {v: (min(r), max(r)) for v in variants
+                   if (r := [t / p for t, p in zip(times[v], times["plain"])])},
         "best": best,
         "bytes": bytes_per_row(tmp / f"{name}-{repeats - 1}-watched"),
     }
@@ -329,6 +349,11 @@ def main() -> None:
             notes.append(
                 f"{name}: best-of-{args.repeats} ratios (min / min plain, a noise check): {best}"
             )
+            spread = ", ".join(f"{v} {lo:.3f}-{hi:.3f}" for v, (lo, hi) in res["spread"].items()
+                               if v != "plain")
+            notes.append(f"{name}: per-repeat wall-time ratios, lowest-highest: {spread}")
+            cpu = ", ".join(f"{v} {x:.3f}" for v, x in res["cpu_ratio"].items() if v != "plain")
+            notes.append(f"{name}: CPU-time ratios (median; process time of all threads): {cpu}")
         notes.append(
             "the watch's default schedule records cycles 0-7, then every 20th (20, 40, ...): "
             f"{_recorded(cycles)} of {cycles}, {_recorded(args.long_timesteps // 512)} of "
