@@ -147,6 +147,9 @@ def check_logprob_detached(ctx: Context):
 @diagnostic("logprob-grads-cancel", "error", "Gradients into new and old log-probs cancel")
 def check_logprob_grads_cancel(ctx: Context):
     rows = ctx.pairs[ctx.pairs["grad_logp"].notna() & ctx.pairs["step"].notna()]
+    # only rows whose (step, input, action) repeats can be in a group of two: found on three
+    # numeric columns first, so the full key's groupby runs on those few (1M pairs: 0.57 s before)
+    rows = rows[rows.duplicated(["step", "fingerprint", "action"], keep=False)]
     if rows.empty:
         return None
     key = ["step", *PAIR_KEY]
@@ -397,17 +400,19 @@ def cross_epoch_consistency(paired: pd.DataFrame) -> tuple[float, int]:
     rows = paired[paired["adv_eff"].notna() & (paired["multiplicity"] == 1)]
     if rows.empty:
         return float("nan"), 0
-    key = PAIR_KEY
-    first = rows.groupby(key + ["epoch"], dropna=False)["adv_eff"].first().reset_index()
-    nxt = first.copy()
-    nxt["epoch"] = nxt["epoch"] - 1
-    both = first.merge(nxt, on=key + ["epoch"], suffixes=("", "_next"))
-    if len(both) < 3:
-        return float("nan"), len(both)
-    a, b = both["adv_eff"].to_numpy(float), both["adv_eff_next"].to_numpy(float)
-    if a.std() == 0 or b.std() == 0:
-        return float("nan"), len(both)
-    return float(np.corrcoef(a, b)[0, 1]), len(both)
+    # one int64 code per (sample, epoch), the sample's epochs consecutive: code + 1 is the same
+    # sample one epoch later (epoch + 1 < span). np.unique sorts the codes and gives each one's
+    # first row, so one sort replaces a groupby and a merge on the seven key columns (1M pairs:
+    # 1.4 s -> 0.6 s, the same correlation)
+    sample = rows.groupby(PAIR_KEY, sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    epoch = rows["epoch"].to_numpy(np.int64)
+    codes, first = np.unique(sample * (int(epoch.max()) + 2) + epoch, return_index=True)
+    adv = rows["adv_eff"].to_numpy(np.float64)[first]
+    nxt = codes[1:] == codes[:-1] + 1
+    a, b = adv[:-1][nxt], adv[1:][nxt]
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan"), len(a)
+    return float(np.corrcoef(a, b)[0, 1]), len(a)
 
 
 @diagnostic("entropy-bonus-sign", "error", "The loss pushes entropy down through the entropy term")
