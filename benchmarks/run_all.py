@@ -148,18 +148,16 @@ def bench_case(
         log(f"  {name} repeat {i}: " + "  ".join(
             f"{v} {times[v][-1]:.3f}s (cpu {cpu[v][-1]:.3f}s)" for v in variants))
 
-    def ratio(per: dict[str, list[float]]) -> dict[str, float]:
-        return {v: statistics.median(t / p for t, p in zip(per[v], per["plain"])) for v in variants}
+    def per_repeat(per: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {v: [t / p for t, p in zip(per[v], per["plain"])] for v in variants}
 
-    ratios = ratio(times)
-    best = {v: min(times[v]) / min(times["plain"]) for v in variants}
+    wall = per_repeat(times)
     return {
         "time": {v: statistics.median(t) for v, t in times.items()},
-        "ratio": ratios,
-        "cpu_ratio": ratio(cpu),
-        "spread": {v: (min(r), max(r)) for v in variants
-                   if (r := [t / p for t, p in zip(times[v], times["plain"])])},
-        "best": best,
+        "ratio": {v: statistics.median(r) for v, r in wall.items()},
+        "cpu_ratio": {v: statistics.median(r) for v, r in per_repeat(cpu).items()},
+        "spread": {v: (min(r), max(r)) for v, r in wall.items()},
+        "best": {v: min(times[v]) / min(times["plain"]) for v in variants},
         "bytes": bytes_per_row(tmp / f"{name}-{repeats - 1}-watched"),
     }
 

@@ -148,7 +148,7 @@ def check_logprob_detached(ctx: Context):
 def check_logprob_grads_cancel(ctx: Context):
     rows = ctx.pairs[ctx.pairs["grad_logp"].notna() & ctx.pairs["step"].notna()]
     # only rows whose (step, input, action) repeats can be in a group of two: found on three
-    # numeric columns first, so the full key's groupby runs on those few (1M pairs: 0.57 s before)
+    # numeric columns first, so the full key's groupby runs on those few (benchmarks/analyze_speed.py)
     rows = rows[rows.duplicated(["step", "fingerprint", "action"], keep=False)]
     if rows.empty:
         return None
@@ -402,8 +402,8 @@ def cross_epoch_consistency(paired: pd.DataFrame) -> tuple[float, int]:
         return float("nan"), 0
     # one int64 code per (sample, epoch), the sample's epochs consecutive: code + 1 is the same
     # sample one epoch later (epoch + 1 < span). np.unique sorts the codes and gives each one's
-    # first row, so one sort replaces a groupby and a merge on the seven key columns (1M pairs:
-    # 1.4 s -> 0.6 s, the same correlation)
+    # first row, so one sort replaces a groupby and a merge on the seven key columns (the same
+    # correlation; the time: benchmarks/analyze_speed.py --base)
     sample = rows.groupby(PAIR_KEY, sort=False, dropna=False).ngroup().to_numpy(np.int64)
     epoch = rows["epoch"].to_numpy(np.int64)
     codes, first = np.unique(sample * (int(epoch.max()) + 2) + epoch, return_index=True)
