@@ -37,6 +37,14 @@ def resolve_steps(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=frame.index).where(out >= 0).astype("Int64")
 
 
+def _key_codes(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One int64 per row of ``a`` and of ``b``, equal where the rows' ``key`` columns are equal
+    (NA counts as a value, as in a merge), consistent across the two frames."""
+    both = pd.concat([a[key], b[key]], ignore_index=True)
+    codes = both.groupby(key, sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    return codes[: len(a)], codes[len(a):]
+
+
 def update_dists(dists: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.Series:
     """The update-phase Categoricals: built with grad enabled and never sampled from (a rollout
     run with grad enabled builds Categoricals with grad too, but calls sample() on them).
@@ -182,29 +190,36 @@ def build_pairs(
         sampling = sampling.drop_duplicates(key + ["row"])  # the same row under one key once
     if masked:  # each (input, action) once more under the fallback mask code, with all its samples
         sampling = pd.concat([sampling, sampling.assign(mask=_ANY_MASK)], ignore_index=True)
-    old = sampling.drop_duplicates(key, keep="first").rename(
-        columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
-    )
-    multiplicity = sampling.groupby(key, sort=False).size().rename("multiplicity")
-    # duplicates of one key that were sampled with different log-probs (under different masks, and
-    # the update does not rebuild one of them): which one an update row is, is unknown, so its
-    # logits are not compared
-    repeated = sampling[sampling.duplicated(key, keep=False)]
-    logp = repeated.groupby(key, sort=False)["logp"].agg(["min", "max"])
-    ambiguous = ((logp["max"] - logp["min"]).abs() > 1e-6).rename("ambiguous")
-    old = old.merge(multiplicity, left_on=key, right_index=True, how="left")
-    old = old.merge(ambiguous, left_on=key, right_index=True, how="left")
-
     update = samples.loc[samples["phase"] == "update"]
     first_row = update.groupby(["rank", "call_id"], sort=False)["row"].transform("min")
     update = update.assign(call_pos=(update["row"] - first_row).astype("int64"))
-    if masked:
-        own = update[key].merge(old[key], on=key, how="left", indicator=True)["_merge"].to_numpy() == "both"
-        update["mask"] = np.where(own, update["mask"].to_numpy(np.int64), _ANY_MASK)
-    pairs = update.merge(old, on=key, how="left", validate="many_to_one")
+    # The key's columns are coded once into one int64 (equal codes: equal keys, NA equal to NA as
+    # in a merge), and every grouping and the join below use that code: on the key's columns,
+    # each of them factorized all six again (figures: benchmarks/analyze_speed.py --base)
+    code_s, code_u = _key_codes(sampling, update, key)
+    if masked:  # an update row whose mask matches no sample of its (input, action) takes the fallback
+        own = np.isin(code_u, code_s)
+        update = update.assign(mask=np.where(own, update["mask"].to_numpy(np.int64), _ANY_MASK))
+        code_s, code_u = _key_codes(sampling, update, key)
+    sampling = sampling.assign(_key=code_s)
+    first = ~sampling.duplicated("_key", keep="first")
+    old = sampling.loc[first, ["_key", "logp", "row", "dist_id"]].rename(
+        columns={"logp": "old_logp", "row": "old_row", "dist_id": "old_dist_id"}
+    )
+    counts = np.bincount(code_s)  # samples per key
+    old["multiplicity"] = counts[old["_key"].to_numpy()]
+    # duplicates of one key that were sampled with different log-probs (under different masks, and
+    # the update does not rebuild one of them): which one an update row is, is unknown, so its
+    # logits are not compared
+    repeated = sampling[counts[code_s] > 1]
+    logp = repeated.groupby("_key", sort=False)["logp"].agg(["min", "max"])
+    ambiguous = ((logp["max"] - logp["min"]).abs() > 1e-6).rename("ambiguous")
+    old = old.merge(ambiguous, left_on="_key", right_index=True, how="left")
+
+    pairs = update.assign(_key=code_u).merge(old, on="_key", how="left", validate="many_to_one")
     pairs = pairs.rename(columns={"logp": "new_logp", "row": "new_row"})
     pairs["paired"] = pairs["old_logp"].notna()
-    seen_before = pairs.groupby(key, sort=False, dropna=False).cumcount()
+    seen_before = pairs.groupby("_key", sort=False).cumcount()
     pairs["epoch"] = (seen_before // pairs["multiplicity"].fillna(1).astype(np.int64)).astype("int64")
     pairs["step"] = resolve_steps(pairs, steps)
 
