@@ -26,7 +26,9 @@ stays a miss. That scoring does not charge a wrong "out of reach", so the script
 the claims its own runs refute (the rerun or a grid lr of that seed landed), and prints the first
 grid lr that landed for each (task, seed) it found reachable. It splits the claims by the clause
 that made them; session 16's rule charges each refuted claim of the clause it added (the KL in
-the band for one sweep cycle only before a cliff) one answered case.
+the band for one sweep cycle only before a cliff) one answered case. Since session 16 the reading
+says nothing of reachability (11 of its 13 claims on seeds 34-37 were wrong), so with this code
+the claim columns read no and "answered" equals "on target"; they score the older commits.
 
 Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300] [--grid]
 """

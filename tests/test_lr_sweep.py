@@ -114,14 +114,9 @@ def test_sweep_lr_backs_off_one_step_from_a_cliff_instead_of_reading_across_it()
     assert "jumps 2111x in one cycle" in how and "one sweep step below" in how
     assert lr == pytest.approx(2e-3)  # 4e-3, whose next cycle collapsed, divided by the step of 2
     assert "stayed under the band up to the jump (at most 0.009)" in how
-    # one cycle in the band between the floor and a collapse: the band may be out of reach
+    assert "reachable" not in how  # a claim its fresh seeds refuted 11 times in 13 (README)
     _, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.015, 19.0]), 0.02, knee=0.005)
-    assert "one sweep step below" in how and "under the band" not in how
-    assert "in the band for one sweep cycle only (KL 0.015, after 0.006)" in how
-    assert "may not be reachable by the lr alone" in how
-    # two cycles in the band before the collapse: no such claim
-    _, how = sweep_lr(lrs, np.array([0.002, 0.011, 0.015, 19.0]), 0.02, knee=0.005)
-    assert "one sweep step below" in how and "reachable" not in how
+    assert "one sweep step below" in how and "under the band" not in how and "reachable" not in how
     # a slope over the band is read as before
     lr, how = sweep_lr(lrs, np.array([0.002, 0.006, 0.012, 0.03]), 0.02, knee=0.005)
     assert "jumps" not in how and 4e-3 < lr < 8e-3
