@@ -24,11 +24,10 @@ the lr on that seed; the case then counts as answered when the report said so ("
 reachable by the lr alone") and as missed when it did not. Where some grid lr lands, the miss
 stays a miss. That scoring does not charge a wrong "out of reach", so the script also counts
 the claims its own runs refute (the rerun or a grid lr of that seed landed), and prints the first
-grid lr that landed for each (task, seed) it found reachable. It splits the claims by the clause
-that made them; session 16's rule charges each refuted claim of the clause it added (the KL in
-the band for one sweep cycle only before a cliff) one answered case. Since session 16 the reading
-says nothing of reachability (11 of its 13 claims on seeds 34-37 were wrong), so with this code
-the claim columns read no and "answered" equals "on target"; they score the older commits.
+grid lr that landed for each (task, seed) it found reachable. Since 47ae752 the reading says
+nothing of reachability (11 of its 13 claims on seeds 34-37 were wrong), so with this code the
+claim column reads no and "answered" equals "on target"; session 16's figures, with their split
+by clause, come from this script at 636780c.
 
 Usage: python benchmarks/lr_sweep.py [--seeds 22 23 24 25] [--tasks CleanRL bandit SB3 MountainCar] [--span 300] [--grid]
 """
@@ -46,9 +45,6 @@ from kl_vs_lr import LRS as GRID  # noqa: E402
 from recommend import CYCLES, SWEEP_NEW_TASKS, kl_of, select_tasks  # noqa: E402
 
 UNREACHABLE = "may not be reachable by the lr alone"  # the rationale's words (analysis/recommend.py)
-# which of sweep_lr's two reasons said it: the KL under the band up to a cliff (session 10), or in
-# the band for one sweep cycle only before it (session 16)
-CLAUSES = {"under the band up to the jump": "under", "in the band for one sweep cycle only": "one cycle"}
 
 
 def main() -> None:
@@ -64,7 +60,7 @@ def main() -> None:
     tasks = select_tasks(parser, args.tasks, SWEEP_NEW_TASKS)
     target = args.target_kl
     inside = lambda kl: 0.5 * target <= kl <= 2 * target  # noqa: E731
-    rows = []  # (task, seed, rerun KL, answered, said unreachable, which clause said it)
+    rows = []  # (task, seed, rerun's KL, answered: on target, or said unreachable where it is, said)
     reachable: dict[tuple[str, int], bool] = {}
     landed: list[str] = []  # the first grid lr that landed, per (task, seed) found reachable
     grid_col = " | said out of reach | band reachable (grid) | answered" if args.grid else ""
@@ -100,35 +96,26 @@ def main() -> None:
                         reach = reachable.get((task, seed))
                         extra = (f" | {'yes' if said else 'no'} | {'-' if reach is None else 'yes' if reach else 'no'}"
                                  f" | {'yes' if answered else 'no'}")
-                    clause = next((c for k, c in CLAUSES.items() if k in rationale), "") if said else ""
-                    rows.append((task, seed, kl1, answered, said, clause))
+                    rows.append((task, seed, kl1, answered, said))
                     print(f"| {task} | {seed} | {lr:.3g} | {kls} | {'yes' if cliff else 'no'} | {lr_rec:.3g} | "
                           f"{kl1:.3g} | {'yes' if inside(kl1) else 'no'}{extra} |", flush=True)
     print(f"| task | rerun on target{' | answered' if args.grid else ''} |")
     print("|---|---|" + "---|" * args.grid)
     for task in tasks:
-        mine = [(kl, a) for t, _, kl, a, _, _ in rows if t == task]
+        mine = [(kl, a) for t, _, kl, a, _ in rows if t == task]
         cell = f" | {sum(a for _, a in mine)}/{len(mine)}" if args.grid else ""
         print(f"| {task} | {sum(inside(kl) for kl, _ in mine)}/{len(mine)}{cell} |")
-    ours = sum(inside(kl) for _, _, kl, _, _, _ in rows)
+    ours = sum(inside(kl) for _, _, kl, _, _ in rows)
     print(f"rerun at the sweep's lr on target in {ours} of {len(rows)} cases ({ours / len(rows):.0%})")
     if args.grid:
-        answers = sum(a for _, _, _, a, _, _ in rows)
+        answers = sum(a for _, _, _, a, _ in rows)
         print(f"answered (on target, or the band said and found out of reach): {answers} of {len(rows)} "
               f"({answers / len(rows):.0%})")
         # the scoring credits a true "out of reach" and does not charge a false one, so count those:
         # said where this rerun, or a grid lr of the same (task, seed), landed on target
-        refuted = lambda t, s, kl: inside(kl) or reachable.get((t, s)) is True  # noqa: E731
-        claims = [(t, s, kl, c) for t, s, kl, _, said, c in rows if said]
-        wrong = sum(refuted(t, s, kl) for t, s, kl, _ in claims)
+        claims = [(t, s, kl) for t, s, kl, _, said in rows if said]
+        wrong = sum(inside(kl) or reachable.get((t, s)) is True for t, s, kl in claims)
         print(f"said out of reach in {len(claims)} cases; wrongly (the band was reached) in {wrong}")
-        for words, name in CLAUSES.items():
-            mine = [refuted(t, s, kl) for t, s, kl, c in claims if c == name]
-            print(f"  said because the KL was {words}: {len(mine)}, wrongly in {sum(mine)}")
-        # session 16's rule: the new clause's false claims are charged, one answered case each
-        wrong_new = sum(refuted(t, s, kl) for t, s, kl, c in claims if c == "one cycle")
-        print(f"answered less the wrong claims of the one-cycle clause: {answers - wrong_new} of "
-              f"{len(rows)}")
         for line in landed:
             print(f"band reached by the grid: {line}")
 
