@@ -639,3 +639,35 @@ def test_samples_of_one_input_and_action_under_different_masks_pair_by_their_own
     assert report.paired_fraction == 1.0
     assert max(trainer_kl) > 1e-3
     np.testing.assert_allclose(report.per_cycle["kl_k3"], trainer_kl, rtol=1e-4)
+
+
+def test_a_subclass_is_not_kept_alive_by_the_watch(tmp_path):
+    """The patch goes in and out at every skipped cycle; the wrappers of Categorical's own methods
+    are made once and kept, but a user's subclass (whose super() call holds its class) must not
+    be: once the user drops it, it is collected."""
+    import gc
+    import weakref
+
+    class Local(Categorical):
+        def log_prob(self, value):
+            return super().log_prob(value)
+
+    torch.manual_seed(0)
+    actor = torch.nn.Linear(3, 4)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-2)
+    obs = torch.randn(16, 3)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        for _ in range(12):  # the default schedule records 0-7 and skips 8-11
+            with torch.no_grad():
+                dist = Local(logits=actor(obs))
+                act = dist.sample()
+                dist.log_prob(act)
+            loss = -(Local(logits=actor(obs)).log_prob(act) * torch.randn(16)).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    assert ppo_probe.analyze(w.path).paired_fraction == 1.0
+    gone = weakref.ref(Local)
+    del Local, dist
+    gc.collect()
+    assert gone() is None
