@@ -143,7 +143,9 @@ def _seen_subclass(cls: type) -> None:
 
 # Categorical's own (original, wrapper, graph break or None) -> its wrapper: made once, as the
 # patch goes in and out at every skipped cycle (making them took ~130 of each ~150 us install +
-# uninstall). Subclasses' are not kept here: this dict would keep a user's class alive.
+# uninstall). The key holds the graph-break function itself, not a flag, so a replaced one
+# (tests/test_compile.py replaces it) is not served a stale wrapper. Subclasses' are not kept
+# here: this dict would keep a user's class alive.
 _made: dict[tuple[Any, Any, Any], Any] = {}
 
 
