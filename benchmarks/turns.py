@@ -123,18 +123,23 @@ def knockouts() -> dict[str, Any]:
 
 def take_turns(procs: list[subprocess.Popen]) -> list[list[tuple[float, float]]]:
     """Let the processes run one turn each, in order, until all have ended; their turns' times."""
-    turns: list[list[tuple[float, float]]] = [[] for _ in procs]
-    live = list(range(len(procs)))
+    pipes: list[tuple[IO[str], IO[str]]] = []
     for p in procs:
-        line = p.stdout.readline().split()
+        assert p.stdin is not None and p.stdout is not None  # both made with PIPE
+        pipes.append((p.stdin, p.stdout))
+    turns: list[list[tuple[float, float]]] = [[] for _ in procs]
+    for _, stdout in pipes:
+        line = stdout.readline().split()
         if not line or line[0] != "ready":
-            raise RuntimeError("a child did not start; run it alone (--child VARIANT --out DIR) to see why")
+            raise RuntimeError("a child did not start; run it alone (--child VARIANT --out DIR "
+                               "--core N) to see why")
+    live = list(range(len(procs)))
     while live:
         for k in list(live):
-            stdin: IO[str] = procs[k].stdin
+            stdin, stdout = pipes[k]
             stdin.write("go\n")
             stdin.flush()
-            line = procs[k].stdout.readline().split()
+            line = stdout.readline().split()
             if not line:
                 raise RuntimeError("a child died mid-run")
             turns[k].append((float(line[1]), float(line[2])))
