@@ -15,6 +15,11 @@ A's, watch entry, exit and final flush included; the median and range over repea
 and with ``--kinds`` the ratio per kind of cycle of the default schedule (recorded, armed, flush,
 skipped), each kind's cycles summed over all repeats.
 
+What this does not cancel is each process's own layout (where its memory lies, how it meets
+the caches): in session 19 plain:plain pairs spread 0.984-1.008 over 6 repeats of 200 cycles and
+0.991-1.021 over 5 of 976, and the skipped cycles of one run moved 1.000-1.039 between windows
+of 85 cycles. Only more repeats narrow that, so run a plain:plain pair beside the others.
+
 Both processes share the core's caches, each turn starting where the other left them, and a
 watched process's writer thread may still be encoding when its turn ends: it then runs in B's
 turn, which is why the CPU-time ratio, not the wall-time one, is the figure to read. ``--pairs``
