@@ -17,8 +17,8 @@ skipped), each kind's cycles summed over all repeats.
 
 What this does not cancel is each process's own layout (where its memory lies, how it meets
 the caches): in session 19 plain:plain pairs spread 0.984-1.008 over 6 repeats of 200 cycles and
-0.991-1.021 over 5 of 976, and the skipped cycles of one run moved 1.000-1.039 between windows
-of 85 cycles. Only more repeats narrow that, so run a plain:plain pair beside the others.
+0.991-1.021 over 5 of 976, and the skipped cycles of one run moved 0.999-1.039 between windows
+of 100 cycles (--dump). Only more repeats narrow that, so run a plain:plain pair beside the others.
 
 Both processes share the core's caches, each turn starting where the other left them, and a
 watched process's writer thread may still be encoding when its turn ends: it then runs in B's
@@ -27,9 +27,11 @@ beyond the first run at the same time on the second core, so two pairs take one 
 
 Variants: plain, watched (default settings), manual and histogram (the peers of
 benchmarks/peers.py), skipping (every cycle after the first skipped by the schedule: what a
-skipped cycle costs), and watched-KNOCKOUT: watched with one part of the probe switched off as in
-benchmarks/knockouts.py (watched-no-writer, watched-no-trim, watched-no-flush,
-watched-no-flush-no-optimizer-hooks), to read that part's share.
+skipped cycle costs), and watched-KNOCKOUT or skipping-KNOCKOUT: one part of the probe switched
+off as in benchmarks/knockouts.py (no-writer, no-trim, no-flush, no-flush-no-optimizer-hooks), to
+read that part's share, or keep-patch: the Categorical patch left on through skipped sampling
+phases (session 19: skipping 1.012, skipping-keep-patch 1.047 against plain, 6 repeats of 200
+cycles).
 
 Usage: python benchmarks/turns.py [--case cartpole-long|mlp-long] [--repeats 5]
                                   [--pairs plain:watched plain:plain ...] [--size N] [--kinds]
@@ -119,11 +121,16 @@ def child(case: str, variant: str, size: int, out: Path, core: int) -> None:
 
 def knockouts() -> dict[str, Any]:
     """benchmarks/knockouts.py's knock-outs, named as variants take them ("no flush, no optimizer
-    hooks" is ``watched-no-flush-no-optimizer-hooks``)."""
+    hooks" is ``watched-no-flush-no-optimizer-hooks``), and ``keep-patch``: the Categorical patch
+    stays on through a skipped cycle's sampling phase (the watch never sets it quiet)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from knockouts import KNOCKOUTS
 
-    return {name.replace(",", "").replace(" ", "-"): patches for name, patches in KNOCKOUTS.items()}
+    from ppo_probe.capture import categorical
+
+    named = {name.replace(",", "").replace(" ", "-"): patches for name, patches in KNOCKOUTS.items()}
+    named["keep-patch"] = [(categorical, "set_quiet", lambda session, quiet: None)]
+    return named
 
 
 def take_turns(procs: list[subprocess.Popen]) -> list[list[tuple[float, float]]]:
@@ -191,10 +198,11 @@ def main() -> None:
     pairs = []
     for spec in args.pairs:
         a, sep, b = spec.partition(":")
-        ok = [v in VARIANTS or (v.startswith("watched-") and v[8:] in knockouts()) for v in (a, b)]
+        ok = [v in VARIANTS or (v.partition("-")[0] in ("watched", "skipping") and v.partition("-")[2]
+                                in knockouts()) for v in (a, b)]
         if not sep or not all(ok):
-            parser.error(f"--pairs takes A:B of {', '.join(VARIANTS)}, or watched-KNOCKOUT of "
-                         f"{', '.join(knockouts())}; got {spec!r}")
+            parser.error(f"--pairs takes A:B of {', '.join(VARIANTS)}, or watched-KNOCKOUT / "
+                         f"skipping-KNOCKOUT of {', '.join(knockouts())}; got {spec!r}")
         pairs.append((a, b))
     cores = sorted(os.sched_getaffinity(0))
     if len(pairs) > len(cores):
