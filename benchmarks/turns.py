@@ -121,15 +121,15 @@ def child(case: str, variant: str, size: int, out: Path, core: int) -> None:
 
 def knockouts() -> dict[str, Any]:
     """benchmarks/knockouts.py's knock-outs, named as variants take them ("no flush, no optimizer
-    hooks" is ``watched-no-flush-no-optimizer-hooks``), and ``keep-patch``: the Categorical patch
-    stays on through a skipped cycle's sampling phase (the watch never sets it quiet)."""
+    hooks" is ``watched-no-flush-no-optimizer-hooks``), and ``keep-patch``: all four of the
+    Categorical patch's methods stay wrapped through a skipped cycle (the watch never narrows it)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from knockouts import KNOCKOUTS
 
     from ppo_probe.capture import categorical
 
     named = {name.replace(",", "").replace(" ", "-"): patches for name, patches in KNOCKOUTS.items()}
-    named["keep-patch"] = [(categorical, "set_quiet", lambda session, quiet: None)]
+    named["keep-patch"] = [(categorical, "set_needs", lambda session, needs: None)]
     return named
 
 

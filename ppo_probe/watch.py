@@ -281,7 +281,7 @@ class Watch:
                 hooks.attach()
 
             session.suspend, session.resume = suspend, resume
-            session.quiet = lambda quiet: categorical.set_quiet(session, quiet)
+            session.quiet = lambda needs: categorical.set_needs(session, needs)
         except BaseException as exc:
             try:
                 stack.close()  # every hook and patch attached so far comes off (invariant 2)
@@ -385,8 +385,8 @@ class Watch:
         self._meta["status"] = "complete" if exc_type is None else f"interrupted: {exc_type.__name__}"
         self._body_raised = exc_type is not None
         session = self.session
-        if exc_type is not None and session is not None and categorical.is_quiet(session):
-            # the patch was off (a skipped cycle's sampling): note a Categorical that failed to build
+        if exc_type is not None and session is not None and categorical.init_unpatched():
+            # __init__ was not wrapped (a skipped cycle): note a Categorical that failed to build
             args = categorical.failed_init(tb)
             if args is not None:
                 session.on_dist_init_failed((), args)

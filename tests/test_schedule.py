@@ -67,6 +67,8 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
     at_sampling, in_update, patched_at_sampling, patched_in_update, hooked = [], [], [], [], []
     original = Categorical.__dict__["log_prob"]
+    names = ("__init__", "sample", "log_prob", "entropy")
+    originals = {name: Categorical.__dict__[name] for name in names}
     with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
         for _cycle in range(6):
             obs = torch.randn(64, cfg.obs_dim)
@@ -85,11 +87,14 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 loss.backward()
                 optim.step()
                 in_update.append(len(actor._forward_pre_hooks))
-                patched_in_update.append(Categorical.__dict__["log_prob"] is not original)
+                patched_in_update.append(tuple(Categorical.__dict__[n] is not originals[n] for n in names))
     assert at_sampling == [1, 0, 0, 1, 0, 0]
-    # the Categorical patch is off in a skipped sampling phase, on again from its first step
+    # the Categorical patch is off in a skipped sampling phase; from its first step on, only
+    # sample() and log_prob() are wrapped (either can open the next cycle), all four when armed
     assert patched_at_sampling == [True, False, False, True, False, False]
-    assert all(patched_in_update)
+    everything, boundary = (True, True, True, True), (False, True, True, False)
+    assert patched_in_update == ([everything] * 3 + [boundary] * 3 + [everything] * 6
+                                 + [boundary] * 3 + [everything] * 3)
     assert in_update[6:9] == [1, 1, 1]  # cycle 2: armed from its first step on
     assert in_update[3:6] == [0, 0, 0] and in_update[12:15] == [0, 0, 0]
     assert in_update[15:] == [1, 1, 1]  # armed for cycle 6 when the watch ends: still no trace
@@ -103,8 +108,9 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
 
 @pytest.mark.parametrize("step", [0, 3])
 def test_a_nan_crash_in_a_skipped_cycle_is_still_found(tmp_path, step):
-    """At step 0 the Categorical patch is on (it is looking for the cycle's start); later in a
-    skipped sampling phase it is off, and the failure is read from the exception's traceback."""
+    """At step 0 only sample() and log_prob() are wrapped (they look for the cycle's start), later
+    in a skipped sampling phase nothing is: __init__ runs unwrapped either way, and the failure
+    is read from the exception's traceback."""
     previous = Distribution._validate_args
     Distribution.set_default_validate_args(True)
     try:

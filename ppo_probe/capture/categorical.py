@@ -4,9 +4,10 @@ Categorical has no hook API, so this is the only place the probe patches a class
 log_prob / entropy of a subclass that overrides them, from its first instance on: TorchRL's
 MaskedCategorical computes its log-prob as a cross-entropy, never entering Categorical's). The patch is
 installed when the first session attaches and the original functions are put back when the last
-one detaches, so nested and repeated watches share one patch. While every attached session is
-quiet (the sampling phase of a cycle the schedule skips, where no event is needed) the original
-functions are put back too, so such a phase costs the trainer nothing.
+one detaches, so nested and repeated watches share one patch. Each method is wrapped only while
+some attached session needs its events: none in the sampling phase of a cycle the schedule skips
+(that phase then costs the trainer nothing), only ``sample`` and ``log_prob`` in that cycle's
+update phase (they alone can open the next cycle), all four otherwise.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
 _PATCHED = ("__init__", "sample", "log_prob", "entropy")
 _lock = threading.Lock()
 _sessions: tuple[Session, ...] = ()  # replaced, never mutated: the wrappers iterate it unlocked
-_originals: dict[str, Any] = {}  # non-empty while the patch is installed
-_quiet: frozenset[int] = frozenset()  # id() of the attached sessions that need no events now
+_originals: dict[str, Any] = {}  # the methods wrapped now -> Categorical's own
+# What each attached session needs now, by id(): ALL (the default), BOUNDARY or NOTHING.
+ALL, BOUNDARY, NOTHING = _PATCHED, ("sample", "log_prob"), ()
+_needs: dict[int, tuple[str, ...]] = {}  # replaced, never mutated
 _INIT_CODE = Categorical.__dict__["__init__"].__code__
 # Subclasses that override log_prob or entropy without calling Categorical's (TorchRL's
 # MaskedCategorical takes -cross_entropy(logits, value)): their own methods are wrapped too, from
@@ -61,33 +64,38 @@ def attach(session: Session) -> Handle:
 
 
 def _detach(session: Session) -> None:
-    global _sessions, _quiet
+    global _sessions, _needs
     with _lock:
         if session in _sessions:
             _sessions = tuple(s for s in _sessions if s is not session)
-        _quiet = _quiet - {id(session)}
+        _needs = {k: v for k, v in _needs.items() if k != id(session)}
         _sync()
 
 
-def set_quiet(session: Session, quiet: bool) -> None:
-    """``session`` needs no Categorical events (True) or needs them again (False)."""
-    global _quiet
+def set_needs(session: Session, needs: tuple[str, ...]) -> None:
+    """The Categorical methods whose events ``session`` needs from now on: :data:`ALL`,
+    :data:`BOUNDARY` (``sample`` and ``log_prob``) or :data:`NOTHING`."""
+    global _needs
     with _lock:
-        _quiet = _quiet | {id(session)} if quiet else _quiet - {id(session)}
-        _sync()
+        if _needs.get(id(session), ALL) != needs:
+            _needs = {**_needs, id(session): needs}
+            _sync()
 
 
-def is_quiet(session: Session) -> bool:
-    return id(session) in _quiet
+def init_unpatched() -> bool:
+    """Categorical.__init__ runs unwrapped now (a failure to build one reports to no session)."""
+    return "__init__" not in _originals
 
 
 def _sync() -> None:
-    """Install the patch when some attached session needs events, else put the originals back."""
-    needed = any(id(s) not in _quiet for s in _sessions)
-    if needed and not _originals:
-        _install()
-    elif not needed and _originals:
-        _uninstall()
+    """Wrap each method some attached session needs; put Categorical's own back for the others."""
+    needed = {name for s in _sessions for name in _needs.get(id(s), ALL)}
+    gone = [name for name in _originals if name not in needed]
+    if gone:
+        _uninstall(gone)
+    new = [name for name in _PATCHED if name in needed and name not in _originals]
+    if new:
+        _install(new)
 
 
 def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
@@ -103,11 +111,11 @@ def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
     return None
 
 
-def _install() -> None:
+def _install(names: list[str]) -> None:
     wrappers = {"__init__": _init, "sample": _sample, "log_prob": _log_prob, "entropy": _entropy}
     dynamo.prepare()
     compilable = dynamo.eagerly is not None  # Dynamo is loaded: torch.compile may trace these
-    for name in _PATCHED:
+    for name in names:
         original = Categorical.__dict__[name]
         _originals[name] = original
         setattr(Categorical, name, _method(original, wrappers[name], compilable))
@@ -116,13 +124,15 @@ def _install() -> None:
 
 
 def _patch_subclass(cls: type) -> None:
-    """Wrap the log_prob / entropy that ``cls`` and its bases below Categorical define (under
-    the lock, with the patch installed)."""
+    """Wrap the log_prob / entropy that ``cls`` and its bases below Categorical define, where
+    Categorical's own is wrapped now (under the lock)."""
     compilable = dynamo.eagerly is not None
     for klass in cls.__mro__:
         if klass is Categorical:
             break
         for name in _OVERRIDABLE:
+            if name not in _originals:
+                continue
             original = klass.__dict__.get(name)
             if original is None or (klass, name) in _sub_originals or not callable(original):
                 continue
@@ -188,15 +198,18 @@ def _breaking_under_compile(original: Any) -> Any:
     return call
 
 
-def _uninstall() -> None:
+def _uninstall(names: list[str]) -> None:
+    subs = [key for key in _sub_originals if key[1] in names]
     try:
-        for name, original in _originals.items():
-            setattr(Categorical, name, original)
-        for (klass, name), original in _sub_originals.items():
-            setattr(klass, name, original)
+        for name in names:
+            setattr(Categorical, name, _originals[name])
+        for klass, name in subs:
+            setattr(klass, name, _sub_originals[(klass, name)])
     finally:
-        _originals.clear()
-        _sub_originals.clear()
+        for name in names:
+            del _originals[name]
+        for key in subs:
+            del _sub_originals[key]
 
 
 # Each wrapper runs the original first: if it raises, the trainer sees its own error untouched.

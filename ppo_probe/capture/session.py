@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import dynamo
+from . import categorical, dynamo
 from .entries import EntryTracker, version_of
 from .graph import graph_leaves
 from .records import CallRecord, DistRecord, Generation, JoinedLogits, StepRecord, dist_columns
@@ -96,8 +96,9 @@ class Session:
         self.recorded_cycles = 1
         self.suspend: Any = lambda: None  # set by the watch: detach module hooks, drop snapshots
         self.resume: Any = lambda: None  # re-attach them
-        # set by the watch: Categorical events not needed (True: a skipped cycle's sampling phase)
-        self.quiet: Any = lambda quiet: None
+        # set by the watch: the Categorical methods whose events are needed from now on (see
+        # categorical.set_needs: all, but for a skipped cycle's phases)
+        self.quiet: Any = lambda needs: None
         self._graph_walked: dict[str, int] = {}  # actor -> the cycle its logits' graph was walked
         # identities
         # id(Categorical) -> (weak reference to it, its record); looked up without allocating
@@ -346,6 +347,8 @@ class Session:
         try:
             if self._grad_sample is not None:
                 self._settle_grad_sample(None, None)
+                if self.skipping and self.steps_in_cycle == 0:
+                    return  # that opened a skipped cycle (this sample is its sampling phase's)
             if torch.is_grad_enabled() and isinstance(result, torch.Tensor):
                 # With grad enabled, sample() may be a rollout's (run without torch.no_grad(), its
                 # old log-probs detached afterwards) or an update's that discards the sample
@@ -525,11 +528,15 @@ class Session:
         self.seq += 1
         self.steps_in_cycle += 1
         if self.steps_in_cycle == 1:
-            self.quiet(False)  # the update phase: the next cycle begins at a Categorical
             if self.settings.scheduled(self.cycle + 1):
                 self.skipping = False
                 self.arming = True
                 self.resume()
+                self.quiet(categorical.ALL)
+            else:
+                # the update phase: only a sample() or log_prob() can open the next cycle (a
+                # pending grad-mode sample is then settled at the next of those, not at __init__)
+                self.quiet(categorical.BOUNDARY)
         return self.arming
 
     def _new_cycle(self, record: DistRecord | None = None) -> None:
@@ -550,10 +557,11 @@ class Session:
             if self.skipping:  # not armed (a cycle without steps cannot end): start late
                 self.skipping = False
                 self.resume()
+                self.quiet(categorical.ALL)
         else:
             # a skipped cycle's sampling phase needs no Categorical event: its first optimizer
             # step (on_skipped_step) asks for them again
-            self.quiet(True)
+            self.quiet(categorical.NOTHING)
             if not self.skipping:
                 self.skipping = True
                 self._last_dist = None
