@@ -148,7 +148,9 @@ class Watch:
             default): one in K, which keeps the logits near 4 bytes a row whatever K is. 1
             writes every row's logits. The per-Categorical entropy and logit statistics always
             use every row.
-        flush_rows: log-prob rows buffered before a flush to disk (bounds memory).
+        flush_rows: log-prob rows buffered before a flush to disk (bounds memory). Smaller
+            flushes (the schedule's, at the end of its recorded cycles) are written together,
+            once they hold this many rows, 30 s after the first, or at exit.
         lr_sweep: an lr range test, to choose the lr from one short run: the optimizer steps of
             the c-th cycle (from the watch's first, c = 0) run at the trainer's lr x
             ``lr_sweep ** c``, every cycle is recorded (``every`` and ``first_cycles`` are then
@@ -262,7 +264,7 @@ class Watch:
         stack = ExitStack()
         dynamo.prepare()  # a torch.compile made before the watch loaded Dynamo
         try:
-            writer = RunWriter(self.path, rank, self._writer_failed)
+            writer = RunWriter(self.path, rank, self._writer_failed, batch_rows=self.settings.flush_rows)
             self._writer = writer
             session = Session(self.settings, writer.submit, _warn)
             self.session = session

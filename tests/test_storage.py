@@ -52,6 +52,61 @@ def test_layout_is_a_hive_partitioned_parquet_dataset(small_run):
     assert all(p["feeds_logits"] and p["in_optimizer"] for p in meta["actor_params"])
 
 
+def test_the_schedule_s_small_batches_share_part_files(tmp_path):
+    """Recorded cycles 0, 1, 3, 6 and 9 are flushed in four small batches (and the rest at exit),
+    but held and written together: one part file per table, every row in it."""
+    cfg = BanditConfig(seed=3, cycles=12)
+    torch.manual_seed(3)
+    actor = make_actor(cfg)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", first_cycles=2, every=3, strict=True) as w:
+        train_bandit(cfg, {"a": actor}, optim)
+    for table in ("samples", "dists", "steps", "layers"):
+        assert [p.name for p in (w.path / table / "rank=0").iterdir()] == ["part-00000.parquet"], table
+    run = ppo_probe.load(w.path)
+    assert len(run.samples) == run.meta["counts"]["rows"] == run.meta["rows_written"]["samples"]
+    report = ppo_probe.analyze(run)
+    assert sorted(report.per_cycle["cycle"]) == [0, 1, 3, 6, 9]
+    assert bool(report.run.pairs["paired"].all())
+
+
+def test_a_held_batch_is_written_after_hold_seconds_and_a_full_one_at_once(small_run, tmp_path):
+    from ppo_probe.storage.writer import RunWriter
+
+    batch = {}
+    for table in ("samples", "dists", "steps", "layers"):
+        part = sorted((small_run / table / "rank=0").glob("part-*.parquet"))[0]
+        data = pq.ParquetFile(part).read()
+        batch[table] = {name: data.column(name) for name in data.column_names}
+    rows = len(batch["samples"]["call_id"])
+    errors = []
+
+    def parts(root):
+        return sorted((root / "samples" / "rank=0").glob("part-*.parquet"))
+
+    def wait_for(root, n):
+        deadline = time.monotonic() + 30
+        while len(parts(root)) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(parts(root))
+
+    held = RunWriter(tmp_path / "held", 0, lambda *e: errors.append(e), batch_rows=10 * rows, hold_seconds=0.5)
+    start = time.monotonic()
+    held.submit(lambda: batch)
+    held.submit(lambda: batch)
+    assert wait_for(tmp_path / "held", 1) == 1
+    assert time.monotonic() - start >= 0.5  # not before its time
+    held.close()
+    assert len(parts(tmp_path / "held")) == 1  # both batches in one file
+    assert pq.read_table(parts(tmp_path / "held")[0]).num_rows == 2 * rows
+
+    full = RunWriter(tmp_path / "full", 0, lambda *e: errors.append(e), batch_rows=rows, hold_seconds=3600)
+    full.submit(lambda: batch)
+    assert wait_for(tmp_path / "full", 1) == 1  # written long before the hour
+    full.close()
+    assert errors == []
+
+
 def test_refuses_to_write_over_a_run(small_run):
     with pytest.raises(FileExistsError, match="already holds a run"):
         with ppo_probe.watch(out=small_run):
