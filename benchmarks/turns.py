@@ -29,9 +29,9 @@ Variants: plain, watched (default settings), manual and histogram (the peers of
 benchmarks/peers.py), skipping (every cycle after the first skipped by the schedule: what a
 skipped cycle costs), and watched-KNOCKOUT or skipping-KNOCKOUT: one part of the probe switched
 off as in benchmarks/knockouts.py (no-writer, no-trim, no-flush, no-flush-no-optimizer-hooks), to
-read that part's share, or keep-patch: the Categorical patch left on through skipped sampling
-phases (session 19: skipping 1.012, skipping-keep-patch 1.047 against plain, 6 repeats of 200
-cycles).
+read that part's share, or keep-patch: all four of the Categorical patch's methods left wrapped
+through skipped cycles (session 19, when only the sampling phase went unwrapped: skipping 1.012,
+skipping-keep-patch 1.047 against plain, 6 repeats of 200 cycles).
 
 Usage: python benchmarks/turns.py [--case cartpole-long|mlp-long] [--repeats 5]
                                   [--pairs plain:watched plain:plain ...] [--size N] [--kinds]
