@@ -13,7 +13,6 @@ update phase (they alone can open the next cycle), all four otherwise.
 from __future__ import annotations
 
 import inspect
-import sys
 import threading
 import weakref
 from types import TracebackType
@@ -36,16 +35,6 @@ _originals: dict[str, Any] = {}  # the methods wrapped now -> Categorical's own
 # What each attached session needs now, by id(): ALL (the default), BOUNDARY or NOTHING.
 ALL, BOUNDARY, NOTHING = _PATCHED, ("sample", "log_prob"), ()
 _needs: dict[int, tuple[str, ...]] = {}  # replaced, never mutated
-# The methods some attached session needs now; a wrapped method not in it passes straight through
-# (it stays wrapped only where the toggle budget below is spent).
-_active: frozenset[str] = frozenset()
-# CPython 3.13 and later give a class at most 1,000 attribute-cache version tags
-# (MAX_VERSIONS_PER_CLASS, Objects/typeobject.c): assigning a class attribute spends one, and past
-# the limit the class's attribute lookups are never cached again, for the rest of the process.
-# The patch goes in and out twice per skipped cycle, so there it does so at most this many times
-# per process (each spends about one tag of Categorical's and of each subclass's); after that the
-# wrappers stay in and pass through (~1 us a call). None: no limit (CPython 3.12 and older).
-_toggles_left: int | None = 300 if sys.version_info >= (3, 13) else None
 _INIT_CODE = Categorical.__dict__["__init__"].__code__
 # Subclasses that override log_prob or entropy without calling Categorical's (TorchRL's
 # MaskedCategorical takes -cross_entropy(logits, value)): their own methods are wrapped too, from
@@ -93,34 +82,20 @@ def set_needs(session: Session, needs: tuple[str, ...]) -> None:
             _sync()
 
 
-def init_unreported() -> bool:
-    """No session gets Categorical.__init__ events now (a failure to build one reaches none)."""
-    return "__init__" not in _active
+def init_unpatched() -> bool:
+    """Categorical.__init__ runs unwrapped now (a failure to build one reports to no session)."""
+    return "__init__" not in _originals
 
 
 def _sync() -> None:
-    """Wrap each method some attached session needs; put Categorical's own back for the others
-    (always when no session is left; else while the toggle budget lasts)."""
-    global _active
+    """Wrap each method some attached session needs; put Categorical's own back for the others."""
     needed = {name for s in _sessions for name in _needs.get(id(s), ALL)}
-    _active = frozenset(needed)
     gone = [name for name in _originals if name not in needed]
-    if gone and (not _sessions or _toggle()):
+    if gone:
         _uninstall(gone)
     new = [name for name in _PATCHED if name in needed and name not in _originals]
-    if new and _toggle(force=True):
+    if new:
         _install(new)
-
-
-def _toggle(force: bool = False) -> bool:
-    """Spend one of the budget's toggles; False when none is left (unless ``force``)."""
-    global _toggles_left
-    if _toggles_left is None:
-        return True
-    if _toggles_left <= 0 and not force:
-        return False
-    _toggles_left -= 1
-    return True
 
 
 def failed_init(tb: TracebackType | None) -> dict[str, Any] | None:
@@ -272,9 +247,6 @@ def _report_entropy_event(instance: Any, result: Any) -> None:
 
 
 def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
-    if "__init__" not in _active:
-        wrapped(*args, **kwargs)
-        return
     try:
         wrapped(*args, **kwargs)
     except Exception:
@@ -286,16 +258,12 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
 
 def _sample(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    if "sample" not in _active:
-        return result
     dynamo.call_untraced(_report_sample, instance, result)
     return result
 
 
 def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    if "log_prob" not in _active:
-        return result
     _events.n += 1
     value = args[0] if args else kwargs.get("value")
     dynamo.call_untraced(_report_log_prob_event, instance, value, result)
@@ -304,21 +272,17 @@ def _log_prob(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 def _entropy(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
-    if "entropy" not in _active:
-        return result
     _events.n += 1
     dynamo.call_untraced(_report_entropy_event, instance, result)
     return result
 
 
-def _reported_once(name: str, report: Any) -> Any:
-    """The wrapper of a subclass's own log_prob / entropy (``name``): ``report(instance, args,
-    kwargs, result)`` runs only when the call reported nothing itself (it never reached
-    Categorical's method, nor an inner override's)."""
+def _reported_once(report: Any) -> Any:
+    """The wrapper of a subclass's own log_prob / entropy: ``report(instance, args, kwargs,
+    result)`` runs only when the call reported nothing itself (it never reached Categorical's
+    method, nor an inner override's)."""
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if name not in _active:
-            return wrapped(*args, **kwargs)
         before = _events.n
         result = wrapped(*args, **kwargs)
         if _events.n == before and isinstance(result, torch.Tensor):
@@ -340,7 +304,4 @@ def _report_entropy(instance: Any, args: Any, kwargs: Any, result: torch.Tensor)
     _report_entropy_event(instance, result)
 
 
-_SUB_WRAPPERS = {
-    "log_prob": _reported_once("log_prob", _report_log_prob),
-    "entropy": _reported_once("entropy", _report_entropy),
-}
+_SUB_WRAPPERS = {"log_prob": _reported_once(_report_log_prob), "entropy": _reported_once(_report_entropy)}
