@@ -336,10 +336,6 @@ def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) 
     def per_call(values: list[Any]) -> np.ndarray:
         return np.repeat(np.array(values), counts)
 
-    def per_call_text(values: list[str]) -> pa.Array:
-        # taken from the calls' strings in Arrow: a NumPy unicode column converts ~20x slower
-        return pa.array(values, type=pa.string()).take(pa.array(np.repeat(np.arange(len(values)), counts)))
-
     def rows_of(i: int, hashes: np.ndarray) -> np.ndarray:
         index = row_index.get(i)
         return hashes if index is None else hashes[index]
@@ -383,8 +379,8 @@ def sample_columns(calls: list[CallRecord], logits: JoinedLogits | None = None) 
     columns = {
         "cycle": per_call([c.cycle for c in calls]),
         "seq": per_call([c.seq for c in calls]),
-        "phase": per_call_text([c.phase for c in calls]),
-        "actor": per_call_text([c.dist.actor for c in calls]),
+        "phase": per_call([c.phase for c in calls]),
+        "actor": per_call([c.dist.actor for c in calls]),
         "dist_id": per_call([c.dist.dist_id for c in calls]),
         "head": per_call([c.dist.head for c in calls]),
         "call_id": per_call([c.call_id for c in calls]),
