@@ -92,17 +92,24 @@ def test_a_held_batch_is_written_after_hold_seconds_and_a_full_one_at_once(small
 
     held = RunWriter(tmp_path / "held", 0, lambda *e: errors.append(e), batch_rows=10 * rows, hold_seconds=0.5)
     start = time.monotonic()
-    held.submit(lambda: batch)
-    held.submit(lambda: batch)
+    held.submit(lambda: batch, hold=True)
+    held.submit(lambda: batch, hold=True)
     assert wait_for(tmp_path / "held", 1) == 1
     assert time.monotonic() - start >= 0.5  # not before its time
     held.close()
     assert len(parts(tmp_path / "held")) == 1  # both batches in one file
     assert pq.read_table(parts(tmp_path / "held")[0]).num_rows == 2 * rows
 
-    full = RunWriter(tmp_path / "full", 0, lambda *e: errors.append(e), batch_rows=rows, hold_seconds=3600)
+    # within the hour: a held batch once the held ones reach batch_rows, and any batch that
+    # cannot be held (a flush that bounds memory), with whatever was held before it
+    full = RunWriter(tmp_path / "full", 0, lambda *e: errors.append(e), batch_rows=2 * rows, hold_seconds=3600)
+    full.submit(lambda: batch, hold=True)
+    full.submit(lambda: batch, hold=True)
+    assert wait_for(tmp_path / "full", 1) == 1
+    full.submit(lambda: batch, hold=True)
     full.submit(lambda: batch)
-    assert wait_for(tmp_path / "full", 1) == 1  # written long before the hour
+    assert wait_for(tmp_path / "full", 2) == 2
+    assert [pq.read_table(p).num_rows for p in parts(tmp_path / "full")] == [2 * rows, 2 * rows]
     full.close()
     assert errors == []
 

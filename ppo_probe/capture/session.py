@@ -569,7 +569,8 @@ class Session:
                 # Write what the recorded cycles buffered now: objects kept through the skipped
                 # cycles would bring on full garbage collections, ~0.15 s each in a process
                 # holding torch (the commit that added this line has the side-by-side figures).
-                self.flush()
+                # The writer may hold it, to write it with the next ones (see RunWriter).
+                self.flush(hold=True)
 
     # ---------------------------------------------------------------- flushing
 
@@ -578,8 +579,10 @@ class Session:
         if self._rows >= multiple * s.flush_rows or self._buffered_bytes >= multiple * s.flush_bytes:
             self.flush()
 
-    def flush(self) -> None:
-        """Hand everything buffered to the writer thread; the training thread only swaps lists."""
+    def flush(self, hold: bool = False) -> None:
+        """Hand everything buffered to the writer thread; the training thread only swaps lists.
+        ``hold``: the writer may keep the batch to write it with later ones (a flush that is not
+        for bounding memory: the schedule's, when its recorded cycles end)."""
         calls, dists, steps = self._calls, self._dists, self._steps
         if self.recorded_cycles <= self.cycle:  # some cycle was skipped: drop its armed records
             keep = self.settings.scheduled
@@ -613,7 +616,7 @@ class Session:
         if self._off_host:
             # Host copies of accelerator tensors would block the training thread on the device:
             # the writer thread makes them.
-            self._submit(produce)
+            self._submit(produce, hold)
             return
         # All on the CPU: convert here, in one burst, and leave only the Parquet encoding (which
         # releases the GIL) to the writer. Python work on the writer thread while the trainer
@@ -626,9 +629,9 @@ class Session:
             def failed(exc: Exception = exc) -> dict[str, dict[str, Any]]:
                 raise exc
 
-            self._submit(failed)
+            self._submit(failed, hold)
         else:
-            self._submit(lambda: columns)
+            self._submit(lambda: columns, hold)
 
     def close(self) -> None:
         """Remove tensor hooks, flush what is left and drop references to user tensors."""

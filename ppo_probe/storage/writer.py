@@ -60,10 +60,11 @@ class RunWriter:
     tensors, copying them to the host, building Arrow tables) can happen off the training thread.
     Errors never propagate to the caller: they go to ``on_error`` and the writer keeps going.
 
-    A batch of ``batch_rows`` sample rows or more is written at once, one part file per table. A
-    smaller one (the schedule flushes whatever its recorded cycles buffered) is held and written
-    with the next ones, one part file per table for all of them, once they hold ``batch_rows``
-    rows together, ``hold_seconds`` after the oldest came, or at ``close``. Each part file costs
+    A batch is written at once, one part file per table, unless it is submitted with ``hold``
+    (the schedule's flush of whatever its recorded cycles buffered; a flush that bounds memory is
+    not): such a batch is held and written with the next ones, one part file per table for all
+    of them, once they hold ``batch_rows`` sample rows together, ``hold_seconds`` after the
+    oldest came, when a batch that cannot be held comes, or at ``close``. Each part file costs
     about 2 ms of writing whatever its size (pyarrow's file set-up, the rename), so CartPole's
     one-cycle batches, written one by one, cost more than the cycle's records took to convert. A
     killed run loses what was held: at most ``hold_seconds`` of recorded cycles.
@@ -83,8 +84,8 @@ class RunWriter:
         self._on_error = on_error
         self._batch_rows = batch_rows
         self._hold_seconds = hold_seconds
-        # batches held for one write: per table its Arrow tables; their sample rows; since when
-        self._held: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+        # batches held for one write (as produced: columns by table); their sample rows; since when
+        self._held: list[Mapping[str, Mapping[str, Any]]] = []
         self._held_rows = 0
         self._held_since: float | None = None
         self._parts: dict[str, int] = {name: 0 for name in TABLES}
@@ -94,12 +95,13 @@ class RunWriter:
         self.bytes_written: dict[str, int] = {name: 0 for name in TABLES}
         self._thread.start()
 
-    def submit(self, produce: BatchProducer) -> None:
-        """Queue a batch; blocks only when ``max_pending`` batches are already waiting."""
+    def submit(self, produce: BatchProducer, hold: bool = False) -> None:
+        """Queue a batch (``hold``: it may wait to be written with later ones); blocks only when
+        ``max_pending`` batches are already waiting."""
         if not self._thread.is_alive():
             self._on_error("writer", RuntimeError("writer thread is not running; batch dropped"))
             return
-        self._queue.put(produce)
+        self._queue.put((produce, hold))
 
     def close(self) -> None:
         """Write everything queued, then stop the thread."""
@@ -121,36 +123,39 @@ class RunWriter:
             if item is _STOP:
                 self._write_held()
                 return
+            produce, hold = item
+            item = None
             try:
-                self._take_batch(item)
+                self._take_batch(produce)
             except Exception as exc:  # noqa: BLE001 - a failed batch must not stop later ones
                 self._on_error("writer", exc)
-            item = None  # the producer holds the batch's tensors: drop them before writing
-            if self._held_rows >= self._batch_rows:
+            produce = None  # it holds the batch's tensors: drop them before writing
+            if not hold or self._held_rows >= self._batch_rows:
                 self._write_held()
 
     def _take_batch(self, produce: BatchProducer) -> None:
-        tables = {table: _to_table(table, columns) for table, columns in produce().items()}
-        for table, data in tables.items():
-            if data.num_rows:
-                self._held[table].append(data)
-        self._held_rows += tables["samples"].num_rows if "samples" in tables else 0
+        batch = produce()
+        self._held.append(batch)
+        samples = batch.get("samples") or {}
+        self._held_rows += len(next(iter(samples.values()), ()))
         if self._held_since is None:
             self._held_since = time.monotonic()
 
     def _write_held(self) -> None:
-        """Write every held batch, one part file per table, then give the memory back."""
-        held = self._held
-        self._held = {name: [] for name in TABLES}
+        """Write every held batch, one part file per table (converted to Arrow one table at a
+        time), then give the memory back."""
+        held, self._held = self._held, []
         self._held_rows, self._held_since = 0, None
-        for table, parts in held.items():
-            if not parts:
-                continue
+        for table in TABLES:
             try:
-                self._write_part(table, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+                parts = [_to_table(table, batch[table]) for batch in held if table in batch]
+                parts = [part for part in parts if part.num_rows]
+                if parts:
+                    self._write_part(table, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
             except Exception as exc:  # noqa: BLE001 - a failed table must not stop the others
                 self._on_error("writer", exc)
-        del held, parts
+            parts = []
+        del held
         try:
             release_memory()
         except Exception as exc:  # noqa: BLE001
