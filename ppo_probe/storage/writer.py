@@ -64,10 +64,10 @@ class RunWriter:
     (the schedule's flush of whatever its recorded cycles buffered; a flush that bounds memory is
     not): such a batch is held and written with the next ones, one part file per table for all
     of them, once they hold ``batch_rows`` sample rows together, ``hold_seconds`` after the
-    oldest came, when a batch that cannot be held comes, or at ``close``. Each part file costs
-    about 2 ms of writing whatever its size (pyarrow's file set-up, the rename), so CartPole's
-    one-cycle batches, written one by one, cost more than the cycle's records took to convert. A
-    killed run loses what was held: at most ``hold_seconds`` of recorded cycles.
+    oldest came, when a batch that cannot be held comes, or at ``close``. A part file has a fixed
+    cost (pyarrow's file set-up, the rename), so CartPole's one-cycle batches, written one by
+    one, cost the writer more than the cycle's records took to convert. A killed run loses what
+    was held: at most ``hold_seconds`` of recorded cycles.
     """
 
     def __init__(
