@@ -8,7 +8,18 @@ and ``log_prob`` (a change that changes nothing, as the watch makes when a skipp
 or takes its first step), then 128 steps again; three times. Prints the instructions of each
 block of steps and the difference.
 
-Usage: python benchmarks/type_modified.py
+With ``--spend N``, instead: 128 steps, then N such setattrs each followed by one step (a lookup
+in between, so each spends one of the class's version tags, as the watch's toggles do), then
+500 steps to settle, then 128 steps again. On CPython >= 3.13 a class has at most 1,000 version
+tags (MAX_VERSIONS_PER_CLASS, Objects/typeobject.c); past them its lookups are never cached
+again, so ``--spend 1100`` reads what that costs a rollout step, and ``--spend 900`` is its
+control (same work, tags left).
+
+With ``--watched N``: 128 steps, then a watch (default settings) around N small PPO cycles (one
+rollout step, one optimizer step each), then 500 steps to settle and 128 steps again, the watch
+gone: what the watch leaves behind in Categorical's attribute caches for the rest of the process.
+
+Usage: python benchmarks/type_modified.py [--spend N | --watched N]
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ def child() -> None:
 
     example = load_example()
     cfg = example.Config(seed=1, total_timesteps=512)
-    _, agent, _ = example.build(cfg)
+    _, agent, optim = example.build(cfg)
     obs = torch.randn(4, 4)
 
     def roll(n: int = 128) -> None:
@@ -46,6 +57,39 @@ def child() -> None:
                 agent.get_action_and_value(obs)
 
     roll(500)
+    if "--watched" in sys.argv:
+        import ppo_probe
+
+        cycles = int(sys.argv[sys.argv.index("--watched") + 1])
+        zlib.crc32(b"x")
+        roll()
+        binascii.crc_hqx(b"x", 0)
+        with tempfile.TemporaryDirectory() as out, ppo_probe.watch(agent, optim, out=out):
+            for _ in range(cycles):
+                with torch.no_grad():
+                    action = agent.get_action_and_value(obs)[0]
+                _, logp, _, _ = agent.get_action_and_value(obs, action)
+                optim.zero_grad()
+                (-logp.mean()).backward()
+                optim.step()
+        roll(500)
+        zlib.crc32(b"x")
+        roll()
+        binascii.crc_hqx(b"x", 0)
+        return
+    if "--spend" in sys.argv:
+        spend = int(sys.argv[sys.argv.index("--spend") + 1])
+        zlib.crc32(b"x")
+        roll()
+        binascii.crc_hqx(b"x", 0)
+        for _ in range(spend):
+            Categorical.sample = Categorical.__dict__["sample"]  # type: ignore[method-assign]
+            roll(1)
+        roll(500)
+        zlib.crc32(b"x")
+        roll()
+        binascii.crc_hqx(b"x", 0)
+        return
     for _ in range(PAIRS):
         zlib.crc32(b"x")
         roll()
@@ -65,13 +109,21 @@ def main() -> None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     out = Path(tempfile.mkdtemp())
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    mode = [a for a in ("--spend", "--watched") if a in sys.argv]
+    spend = sys.argv[sys.argv.index(mode[0]):][:2] if mode else []
     subprocess.run(["valgrind", "--tool=callgrind", "--zero-before=zlib_crc32*", "--dump-before=binascii_crc_hqx*",
-                    f"--callgrind-out-file={out}/cg", sys.executable, __file__, "--child"],
+                    f"--callgrind-out-file={out}/cg", sys.executable, __file__, "--child", *spend],
                    env=env, capture_output=True, check=True)
     dumps = sorted(glob.glob(f"{out}/cg.*"), key=lambda f: int(f.rsplit(".", 1)[1]))
     values = [int(Path(f).read_text().split("summary: ")[1].split()[0]) for f in dumps]
     shutil.rmtree(out, ignore_errors=True)
     print(f"Python {sys.version.split()[0]}: instructions of 128 rollout steps (callgrind)")
+    if spend:
+        before, after = values
+        what = "version tags spent" if spend[0] == "--spend" else "cycles watched"
+        print(f"| {spend[1]} {what} | {before:,} before | {after:,} after | "
+              f"{after - before:+,} ({after / before:.4f}) |")
+        return
     print("| pair | before the setattr | after it | difference |")
     print("|---|---|---|---|")
     for i in range(PAIRS):

@@ -87,11 +87,17 @@ def test_categorical_built_in_compiled_code_is_recorded(tmp_path, validation):
 
 
 def test_a_categorical_dynamo_looks_through_is_named(tmp_path, validation, monkeypatch):
-    """Without the patch's graph break (as on a Dynamo that traced through it), the Categorical
-    is invisible: the run says torch.compile instead of passing as one with no Categorical."""
-    from ppo_probe.capture import categorical
+    """Had Dynamo traced through the patch (its dispatchers not run eagerly under compile) and
+    lost their reports in the graph, the Categorical would be invisible: the run says
+    torch.compile instead of passing as one with no Categorical."""
+    from ppo_probe.capture import categorical, dynamo
 
-    monkeypatch.setattr(categorical, "_breaking_under_compile", lambda original: original)
+    def lost_when_traced(fn, *args):
+        if not dynamo.is_compiling():
+            fn(*args)
+
+    monkeypatch.setattr(categorical, "_is_compiling", lambda: False)
+    monkeypatch.setattr(dynamo, "call_untraced", lost_when_traced)
     validation(False)
     _, path = _compiled_run(tmp_path, watched=True)
     report = ppo_probe.analyze(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -225,3 +226,76 @@ def test_nested_watches_on_different_actors_each_keep_their_own(tmp_path):
         attributed = run.pairs[run.pairs["actor"] != "unattributed"]
         assert len(attributed) == cfg.cycles * cfg.epochs * cfg.batch  # its own actor's rows only
         assert attributed["paired"].all()
+
+
+def _call_forms(logits):
+    """Categorical used every way its signatures allow (the RNG re-seeded before each draw)."""
+    probs = logits.softmax(-1)
+    out = []
+    for dist in (Categorical(probs), Categorical(logits=logits), Categorical(None, logits),
+                 Categorical(probs=probs, validate_args=False), Categorical(probs, None, True)):
+        torch.manual_seed(3)
+        a = dist.sample()
+        torch.manual_seed(3)
+        out += [a, dist.sample((2,)), dist.sample(sample_shape=torch.Size([3])), dist.log_prob(a),
+                dist.log_prob(value=a), dist.entropy()]
+    return out
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_the_patch_answers_every_call_form_as_categorical_does(tmp_path, monkeypatch, generic):
+    """Inside a watch, Categorical's methods are dispatchers with Categorical's own signatures
+    (or, for a torch whose signatures differ, ones taking any arguments): every way of calling
+    them gives what the originals give, errors included, and the run still pairs."""
+    from ppo_probe.capture import categorical
+
+    if generic:
+        monkeypatch.setattr(categorical, "_same_signature", lambda original, dispatcher: False)
+    logits = torch.randn(5, 4)
+    expected = _call_forms(logits)
+    cfg, actor, optim = _bandit()
+    with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True) as w:
+        installed = Categorical.__dict__["sample"]
+        assert installed is not _ORIGINALS["sample"]
+        assert (installed.__code__.co_varnames[:2] == ("self", "args")) is generic
+        for name in _ORIGINALS:  # introspection sees Categorical's own
+            assert Categorical.__dict__[name].__name__ == name
+            assert inspect.signature(Categorical.__dict__[name]) == inspect.signature(_ORIGINALS[name])
+        got = _call_forms(logits)  # reported (cycle 0 is recorded)
+        live, categorical._live = categorical._live, frozenset()  # as in a skipped sampling phase
+        quiet = _call_forms(logits)
+        categorical._live = live
+        with pytest.raises(ValueError):
+            Categorical(logits=torch.tensor([[float("nan"), 0.0]]), validate_args=True)
+        with pytest.raises(TypeError):
+            Categorical(logits=logits, temperature=2.0)
+        with pytest.raises(TypeError):
+            Categorical(logits=logits).log_prob()
+        train_bandit(cfg, {"a": actor}, optim)
+    _assert_no_trace([actor], optim)
+    assert len(got) == len(quiet) == len(expected)
+    for a, b, c in zip(got, quiet, expected):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    pairs = ppo_probe.load(w.path).pairs
+    assert len(pairs) == cfg.cycles * cfg.epochs * cfg.batch and pairs["paired"].all()
+
+
+def test_a_changed_torch_signature_is_noticed():
+    """A dispatcher whose arguments or defaults differ from Categorical's is not installed."""
+    from ppo_probe.capture import categorical
+
+    made = categorical._dispatchers(_ORIGINALS)
+    assert all(categorical._same_signature(_ORIGINALS[name], made[name]) for name in _ORIGINALS)
+
+    def sample(self, sample_shape=torch.Size([1])):
+        pass
+
+    def log_prob(self, value, mask=None):
+        pass
+
+    def entropy(self, *, fast=False):
+        pass
+
+    assert not categorical._same_signature(_ORIGINALS["sample"], sample)
+    assert not categorical._same_signature(_ORIGINALS["log_prob"], log_prob)
+    assert not categorical._same_signature(_ORIGINALS["entropy"], entropy)

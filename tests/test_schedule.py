@@ -8,6 +8,7 @@ import torch
 from torch.distributions import Categorical, Distribution
 
 import ppo_probe
+from ppo_probe.capture import categorical
 from test_invariants import _assert_no_trace
 from trainers import BanditConfig, make_actor, train_bandit
 from zoo import Bugs, Config, build, train
@@ -66,9 +67,9 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
     actor = make_actor(cfg)
     optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
     at_sampling, in_update, patched_at_sampling, patched_in_update, hooked = [], [], [], [], []
-    original = Categorical.__dict__["log_prob"]
     names = ("__init__", "sample", "log_prob", "entropy")
     originals = {name: Categorical.__dict__[name] for name in names}
+    installed = []  # the class's four methods seen at each update step (the dispatchers)
     with ppo_probe.watch(actor, optim, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
         for _cycle in range(6):
             obs = torch.randn(64, cfg.obs_dim)
@@ -76,7 +77,7 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 dist = Categorical(logits=actor(obs))
                 action = dist.sample()
                 at_sampling.append(len(actor._forward_pre_hooks))
-                patched_at_sampling.append(Categorical.__dict__["log_prob"] is not original)
+                patched_at_sampling.append("log_prob" in categorical._live)
                 old = dist.log_prob(action)
             for _step in range(3):
                 logp = Categorical(logits=actor(obs)).log_prob(action)
@@ -87,14 +88,20 @@ def test_forward_hooks_are_detached_in_skipped_cycles(tmp_path):
                 loss.backward()
                 optim.step()
                 in_update.append(len(actor._forward_pre_hooks))
-                patched_in_update.append(tuple(Categorical.__dict__[n] is not originals[n] for n in names))
+                patched_in_update.append(tuple(n in categorical._live for n in names))
+                installed.append(tuple(Categorical.__dict__[n] for n in names))
     assert at_sampling == [1, 0, 0, 1, 0, 0]
-    # the Categorical patch is off in a skipped sampling phase; from its first step on, only
-    # sample() and log_prob() are wrapped (either can open the next cycle), all four when armed
+    # the Categorical patch reports nothing in a skipped sampling phase; from its first step on,
+    # only sample() and log_prob() (either can open the next cycle), all four when armed
     assert patched_at_sampling == [True, False, False, True, False, False]
     everything, boundary = (True, True, True, True), (False, True, True, False)
     assert patched_in_update == ([everything] * 3 + [boundary] * 3 + [everything] * 6
                                  + [boundary] * 3 + [everything] * 3)
+    # ... by a module global: the class itself is assigned to only at the watch's entry and exit
+    # (each assignment spends one of its attribute-cache version tags on CPython >= 3.13)
+    assert len(set(installed)) == 1
+    assert all(installed[0][i] is not originals[n] for i, n in enumerate(names))
+    assert all(Categorical.__dict__[n] is originals[n] for n in names)
     assert in_update[6:9] == [1, 1, 1]  # cycle 2: armed from its first step on
     assert in_update[3:6] == [0, 0, 0] and in_update[12:15] == [0, 0, 0]
     assert in_update[15:] == [1, 1, 1]  # armed for cycle 6 when the watch ends: still no trace
