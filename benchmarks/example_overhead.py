@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import ppo_probe
 
@@ -27,7 +28,7 @@ def load_example():
     return module
 
 
-def timed(example, timesteps: int, out: Path | None, **watch_kwargs: int) -> float:
+def timed(example, timesteps: int, out: Path | None, **watch_kwargs: Any) -> float:
     """Seconds of the example's training, plain (``out`` None) or watched with ``watch_kwargs``."""
     cfg = example.Config(seed=1, total_timesteps=timesteps)
     envs, agent, optimizer = example.build(cfg)
