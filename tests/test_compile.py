@@ -196,3 +196,36 @@ def test_a_compile_made_inside_the_watch(tmp_path):
     report = ppo_probe.analyze(tmp_path / "run")
     assert report.run.meta["counts"]["compiled_forwards_seen"] == 1
     assert len(report.run.dists) == 54 and report.run.paired_fraction == 1.0
+
+
+def test_the_schedule_does_not_drive_dynamo_to_its_recompile_limit(tmp_path):
+    """A compiled policy through cycles the schedule records and skips: the patch changes what it
+    reports, not the class, and runs itself eagerly under Dynamo, so neither the user's function
+    nor the patch's own frames are recompiled until Dynamo gives up on them (torch 2.13: twice
+    before, at the patch's event count)."""
+    import logging
+
+    class Caught(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    policy = torch.compile(agent, backend="eager")
+    caught = Caught()
+    dynamo_log = logging.getLogger("torch._dynamo")
+    dynamo_log.addHandler(caught)
+    try:
+        with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True, every=3, first_cycles=1) as w:
+            _train(policy, optimizer, cycles=12)
+    finally:
+        dynamo_log.removeHandler(caught)
+    assert not [m for m in caught.messages if "recompile_limit" in m or "cache_size_limit" in m]
+    run = ppo_probe.load(w.path)
+    assert sorted(run.dists["cycle"].unique()) == [0, 3, 6, 9] and run.paired_fraction == 1.0
