@@ -15,7 +15,8 @@ specialized for the class, and on CPython >= 3.13 spends one of the class's 1,00
 version tags, after which its lookups are never cached again in the process (``python
 benchmarks/type_modified.py --spend 1100``: +1.9% instructions a CleanRL rollout step on 3.13).
 The dispatchers have Categorical's own signatures (checked at install; a torch whose signatures
-differ gets ``*args, **kwargs`` ones), so a call that reports nothing costs one Python frame.
+differ gets ``*args, **kwargs`` ones), so a call that reports nothing costs one Python frame
+and one ``torch.compiler.is_compiling()`` check.
 """
 
 from __future__ import annotations
