@@ -13,7 +13,7 @@ phase (they alone can open the next cycle), all four otherwise. What the session
 module global, never the class: assigning a class attribute throws away what CPython cached and
 specialized for the class, and on CPython >= 3.13 spends one of the class's 1,000 attribute-cache
 version tags, after which its lookups are never cached again in the process (``python
-benchmarks/type_modified.py --spend 1100``: +1.9% instructions a CleanRL rollout step on 3.13).
+benchmarks/type_modified.py --spend 1100``: +2.0% instructions a CleanRL rollout step on 3.13).
 The dispatchers have Categorical's own signatures (checked at install; a torch whose signatures
 differ gets ``*args, **kwargs`` ones), so a call that reports nothing costs one Python frame
 and one ``torch.compiler.is_compiling()`` check.
@@ -329,7 +329,7 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
 
 def _generic(name: str, own: Any) -> Callable[..., Any]:
     """A dispatcher taking any arguments: for a torch whose Categorical methods take others than
-    :func:`_dispatchers` knows (packing them costs ~1 us a call more)."""
+    :func:`_dispatchers` knows (packing them costs more a call: ~1 us, measured ad hoc)."""
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if _is_compiling() and dynamo.eagerly is not None:
             return dynamo.eagerly(functools.partial(method, self, *args, **kwargs))
