@@ -57,53 +57,42 @@ def child() -> None:
             for _ in range(n):
                 agent.get_action_and_value(obs)
 
-    roll(500)
-    if "--watched" in sys.argv:
-        import ppo_probe
+    def counted(collect: bool = True) -> None:
+        """128 steps between callgrind's zero and dump points."""
+        if collect:
+            gc.collect()  # a collection due in the window would count more than the steps
+        zlib.crc32(b"x")
+        roll()
+        binascii.crc_hqx(b"x", 0)
 
-        cycles = int(sys.argv[sys.argv.index("--watched") + 1])
-        gc.collect()  # a collection due in the window would count more than the steps
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
-        with tempfile.TemporaryDirectory() as out, ppo_probe.watch(agent, optim, out=out):
-            for _ in range(cycles):
-                with torch.no_grad():
-                    action = agent.get_action_and_value(obs)[0]
-                _, logp, _, _ = agent.get_action_and_value(obs, action)
-                optim.zero_grad()
-                (-logp.mean()).backward()
-                optim.step()
+    roll(500)
+    if "--watched" in sys.argv or "--spend" in sys.argv:
+        watched = "--watched" in sys.argv
+        n = int(sys.argv[sys.argv.index("--watched" if watched else "--spend") + 1])
+        if watched:
+            import ppo_probe
+        counted()
+        if watched:
+            with tempfile.TemporaryDirectory() as out, ppo_probe.watch(agent, optim, out=out):
+                for _ in range(n):
+                    with torch.no_grad():
+                        action = agent.get_action_and_value(obs)[0]
+                    _, logp, _, _ = agent.get_action_and_value(obs, action)
+                    optim.zero_grad()
+                    (-logp.mean()).backward()
+                    optim.step()
+        else:
+            for _ in range(n):
+                Categorical.sample = Categorical.__dict__["sample"]  # type: ignore[method-assign]
+                roll(1)
         roll(500)
-        gc.collect()  # a collection due in the window would count more than the steps
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
-        return
-    if "--spend" in sys.argv:
-        spend = int(sys.argv[sys.argv.index("--spend") + 1])
-        gc.collect()  # a collection due in the window would count more than the steps
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
-        for _ in range(spend):
-            Categorical.sample = Categorical.__dict__["sample"]  # type: ignore[method-assign]
-            roll(1)
-        roll(500)
-        gc.collect()  # a collection due in the window would count more than the steps
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
+        counted()
         return
     for _ in range(PAIRS):
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
+        counted(collect=False)
         for name in ("sample", "log_prob"):
             setattr(Categorical, name, Categorical.__dict__[name])
-        zlib.crc32(b"x")
-        roll()
-        binascii.crc_hqx(b"x", 0)
+        counted(collect=False)
 
 
 def main() -> None:
