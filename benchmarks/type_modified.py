@@ -1,15 +1,15 @@
-"""What putting the patch in or out of Categorical costs after its own setattr (issue 5).
+"""What assigning to Categorical costs the calls after it (issue 5).
 
 Assigning a class attribute invalidates what CPython cached and specialized for that class, so
 the calls that follow run slower until they are specialized again. Under valgrind's callgrind, in
 one process: 128 rollout steps of examples/cartpole_ppo.py (``get_action_and_value`` on 4
 observations, no grad), then ``setattr(Categorical, name, <the same function>)`` for ``sample``
-and ``log_prob`` (a change that changes nothing, as the watch makes when a skipped cycle opens
-or takes its first step), then 128 steps again; three times. Prints the instructions of each
+and ``log_prob`` (a change that changes nothing, as the watch made when a skipped cycle opened
+or took its first step, until session 21), then 128 steps again; three times. Prints the instructions of each
 block of steps and the difference.
 
 With ``--spend N``, instead: 128 steps, then N such setattrs each followed by one step (a lookup
-in between, so each spends one of the class's version tags, as the watch's toggles do), then
+in between, so each spends one of the class's version tags, as the watch's toggles did), then
 500 steps to settle, then 128 steps again. On CPython >= 3.13 a class has at most 1,000 version
 tags (MAX_VERSIONS_PER_CLASS, Objects/typeobject.c); past them its lookups are never cached
 again, so ``--spend 1100`` reads what that costs a rollout step, and ``--spend 900`` is its

@@ -387,8 +387,8 @@ class Watch:
         self._meta["status"] = "complete" if exc_type is None else f"interrupted: {exc_type.__name__}"
         self._body_raised = exc_type is not None
         session = self.session
-        if exc_type is not None and session is not None and categorical.init_unpatched():
-            # __init__ was not wrapped (a skipped cycle): note a Categorical that failed to build
+        if exc_type is not None and session is not None and categorical.init_silent():
+            # __init__ reported to no session (a skipped cycle): note a Categorical that failed to build
             args = categorical.failed_init(tb)
             if args is not None:
                 session.on_dist_init_failed((), args)

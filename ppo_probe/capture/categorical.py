@@ -96,7 +96,7 @@ def set_needs(session: Session, needs: tuple[str, ...]) -> None:
             _sync()
 
 
-def init_unpatched() -> bool:
+def init_silent() -> bool:
     """Categorical.__init__ reports to no session now (a failure to build one reaches none)."""
     return "__init__" not in _live
 
