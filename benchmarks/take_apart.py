@@ -4,12 +4,12 @@ Runs the trainer plain and watched (every cycle recorded), alternated, and one m
 which each part of the probe that runs on the training thread is timed (exclusive time: a flush
 that a Categorical event triggers counts as flush, not as that event), and the writer thread's
 work is timed apart. Prints per part: calls, total ms, us per call, and its share of the plain
-run; then what no part accounts for (the wrapt and hook dispatch, the garbage collector, cache
-and core contention with the writer thread).
+run; then what no part accounts for (the Categorical dispatchers and the hooks' dispatch, the
+garbage collector, cache and core contention with the writer thread).
 
 Cases: ``cartpole`` (examples/ CleanRL-style CartPole, 8,192 steps: 16 cycles) and ``mlp512``
-(benchmarks/device_ppo.py's 3 x 512 MLP on the CPU, batch 4096, 8 cycles), the two cases of
-benchmarks/run_all.py whose targets are missed.
+(benchmarks/device_ppo.py's 3 x 512 MLP on the CPU, batch 4096, 8 cycles): the two short cases
+of benchmarks/run_all.py, here with every cycle recorded.
 
 Usage: python benchmarks/take_apart.py [--case cartpole|mlp512] [--repeats 3]
 """
@@ -86,24 +86,24 @@ def timed_parts(timers: Timers):  # noqa: ANN201
         saved.append((owner, attr, owner.__dict__[attr]))
         setattr(owner, attr, new)
 
-    for name in ("on_dist_init", "on_sample", "on_log_prob", "on_entropy"):
-        patch(S, name, timers.wrap(f"Categorical event: {name}", S.__dict__[name]))
-    patch(S, "flush", timers.wrap("flush (conversion on the CPU)", S.__dict__["flush"]))
-    grad_hook = S.__dict__["_grad_hook"]
-    patch(S, "_grad_hook", lambda self, *a: timers.wrap("gradient hooks", grad_hook(self, *a)))
-    patch(R, "pre", timers.wrap("optimizer pre-step hook", R.__dict__["pre"]))
-    patch(R, "post", timers.wrap("optimizer post-step hook", R.__dict__["post"]))
-    hooks_for, global_hooks = E.__dict__["hooks_for"], E.__dict__["global_hooks"]
-
-    def timed_pair(pair: tuple[Callable, Callable]) -> tuple[Callable, Callable]:
-        return timers.wrap("forward hooks", pair[0]), timers.wrap("forward hooks", pair[1])
-
-    patch(E, "hooks_for", lambda self, *a: timed_pair(hooks_for(self, *a)))
-    patch(E, "global_hooks", lambda self: timed_pair(global_hooks(self)))
-    patch(W, "_write_batch", timers.wrap("Parquet writing", W.__dict__["_write_batch"]))
-    patch(ppo_probe.Watch, "_finish", timers.wrap("watch exit (final flush, writer join)",
-                                                  ppo_probe.Watch.__dict__["_finish"]))
     try:
+        for name in ("on_dist_init", "on_sample", "on_log_prob", "on_entropy"):
+            patch(S, name, timers.wrap(f"Categorical event: {name}", S.__dict__[name]))
+        patch(S, "flush", timers.wrap("flush (conversion on the CPU)", S.__dict__["flush"]))
+        grad_hook = S.__dict__["_grad_hook"]
+        patch(S, "_grad_hook", lambda self, *a: timers.wrap("gradient hooks", grad_hook(self, *a)))
+        patch(R, "pre", timers.wrap("optimizer pre-step hook", R.__dict__["pre"]))
+        patch(R, "post", timers.wrap("optimizer post-step hook", R.__dict__["post"]))
+        hooks_for, global_hooks = E.__dict__["hooks_for"], E.__dict__["global_hooks"]
+
+        def timed_pair(pair: tuple[Callable, Callable]) -> tuple[Callable, Callable]:
+            return timers.wrap("forward hooks", pair[0]), timers.wrap("forward hooks", pair[1])
+
+        patch(E, "hooks_for", lambda self, *a: timed_pair(hooks_for(self, *a)))
+        patch(E, "global_hooks", lambda self: timed_pair(global_hooks(self)))
+        patch(W, "_write_held", timers.wrap("Parquet writing", W.__dict__["_write_held"]))
+        patch(ppo_probe.Watch, "_finish", timers.wrap("watch exit (final flush, writer join)",
+                                                      ppo_probe.Watch.__dict__["_finish"]))
         yield
     finally:
         for owner, attr, original in reversed(saved):
