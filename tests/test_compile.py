@@ -4,6 +4,7 @@ passing as one with no Categorical) and a compiled optimizer.step() (measured as
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -229,3 +230,43 @@ def test_the_schedule_does_not_drive_dynamo_to_its_recompile_limit(tmp_path):
     assert not [m for m in caught.messages if "recompile_limit" in m or "cache_size_limit" in m]
     run = ppo_probe.load(w.path)
     assert sorted(run.dists["cycle"].unique()) == [0, 3, 6, 9] and run.paired_fraction == 1.0
+
+
+class _Scorer(nn.Module):
+    """What a user exports from a policy: the log-prob and entropy of given actions."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, obs, action):
+        dist = Categorical(logits=self.agent.net(obs), validate_args=False)
+        return dist.log_prob(action), dist.entropy()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_policy_exported_inside_the_watch(tmp_path, strict):
+    """torch.export of a policy between two updates of a watched run (a checkpoint for
+    deployment, say): the export sees Categorical's own methods, not the patch (it used to
+    recurse without end when not strict, and stop at the patch's graph break when strict), the
+    exported program computes what the policy does, and the trace records nothing."""
+    if not hasattr(torch.compiler, "is_exporting"):
+        # torch 2.3.1 cannot export this module unwatched either (an autograd state change while
+        # exporting), and without is_exporting a strict export looks like torch.compile
+        pytest.skip("torch < 2.5 has no torch.compiler.is_exporting")
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    obs, action = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True) as w:
+        _train(agent, optimizer, cycles=1)
+        counts = dict(w.session.counts)
+        exported = torch.export.export(_Scorer(agent), (obs, action), strict=strict)
+        assert w.session.counts == counts  # the export's trace recorded nothing
+        got, then = exported.module()(obs, action), copy.deepcopy(agent)  # (the graph has no Categorical)
+        _train(agent, optimizer, cycles=1)
+    for g, want in zip(got, _Scorer(then)(obs, action)):
+        torch.testing.assert_close(g, want)
+    run = ppo_probe.load(w.path)
+    assert run.meta["probe_errors"] == {} and run.paired_fraction == 1.0
+    assert sorted(run.dists["cycle"].unique()) == [0, 1]

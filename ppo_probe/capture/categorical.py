@@ -214,7 +214,7 @@ def _breaking_under_compile(original: Any) -> Any:
     through that too; the name and signature are copied for introspection.)"""
     def call(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
-        if _is_compiling():
+        if _is_compiling() and not dynamo.exporting():
             _graph_break()
         return result
 
@@ -284,14 +284,19 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
     Under Dynamo each runs itself through :data:`.dynamo.eagerly`, a graph break: traced, its
     reads of :data:`_live` and the event count would become guards of the trainer's compiled code
     (recompiled at each change) and its reports graph breaks inside it. Before Dynamo is prepared
-    (a torch.compile made inside the watch) it is traced as plain code, reports untraced.
+    (a torch.compile made inside the watch) it is traced as plain code, reports untraced. Traced
+    by torch.export (:func:`.dynamo.exporting`) it is Categorical's own method, reporting nothing.
     """
     own_init, own_sample, own_log_prob, own_entropy = (own[name] for name in _PATCHED)
 
     def __init__(self: Any, probs: Any = None, logits: Any = None, validate_args: Any = None) -> None:
-        if _is_compiling() and dynamo.eagerly is not None:
-            dynamo.eagerly(__init__, self, probs, logits, validate_args)
-            return
+        if _is_compiling():
+            if dynamo.exporting():
+                own_init(self, probs, logits, validate_args)
+                return
+            if dynamo.eagerly is not None:
+                dynamo.eagerly(__init__, self, probs, logits, validate_args)
+                return
         if "__init__" not in _live:
             own_init(self, probs, logits, validate_args)
         else:
@@ -299,16 +304,22 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
             _init_reported(self, own_init, (probs, logits, validate_args), {}, source)
 
     def sample(self: Any, sample_shape: Any = _EMPTY) -> Any:
-        if _is_compiling() and dynamo.eagerly is not None:
-            return dynamo.eagerly(sample, self, sample_shape)
+        if _is_compiling():
+            if dynamo.exporting():
+                return own_sample(self, sample_shape)
+            if dynamo.eagerly is not None:
+                return dynamo.eagerly(sample, self, sample_shape)
         result = own_sample(self, sample_shape)
         if "sample" in _live:
             dynamo.call_untraced(_report_sample, self, result)
         return result
 
     def log_prob(self: Any, value: Any) -> Any:
-        if _is_compiling() and dynamo.eagerly is not None:
-            return dynamo.eagerly(log_prob, self, value)
+        if _is_compiling():
+            if dynamo.exporting():
+                return own_log_prob(self, value)
+            if dynamo.eagerly is not None:
+                return dynamo.eagerly(log_prob, self, value)
         result = own_log_prob(self, value)
         if "log_prob" in _live:
             _events.n += 1
@@ -316,8 +327,11 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
         return result
 
     def entropy(self: Any) -> Any:
-        if _is_compiling() and dynamo.eagerly is not None:
-            return dynamo.eagerly(entropy, self)
+        if _is_compiling():
+            if dynamo.exporting():
+                return own_entropy(self)
+            if dynamo.eagerly is not None:
+                return dynamo.eagerly(entropy, self)
         result = own_entropy(self)
         if "entropy" in _live:
             _events.n += 1
@@ -331,8 +345,11 @@ def _generic(name: str, own: Any) -> Callable[..., Any]:
     """A dispatcher taking any arguments: for a torch whose Categorical methods take others than
     :func:`_dispatchers` knows (packing them costs more a call: ~1 us, measured ad hoc)."""
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _is_compiling() and dynamo.eagerly is not None:
-            return dynamo.eagerly(functools.partial(method, self, *args, **kwargs))
+        if _is_compiling():
+            if dynamo.exporting():
+                return own(self, *args, **kwargs)
+            if dynamo.eagerly is not None:
+                return dynamo.eagerly(functools.partial(method, self, *args, **kwargs))
         if name not in _live:
             return own(self, *args, **kwargs)
         if name == "__init__":

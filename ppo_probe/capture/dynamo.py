@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
-#: True while Dynamo traces (torch >= 2.3; before it, hooks are traced as plain code).
+#: True while Dynamo traces (torch >= 2.3; before it, hooks are traced as plain code), and in the
+#: other traces that torch.compiler counts: torch.export's, strict or not.
 is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
+_is_exporting: Callable[[], bool] | None = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+_is_dynamo_compiling: Callable[[], bool] | None = getattr(torch.compiler, "is_dynamo_compiling", None)
 
 #: ``eagerly(fn, *args)`` calls ``fn(*args)``, never traced (nor anything it calls); None until
 #: :func:`prepare` finds Dynamo loaded (until then a compiled hook is traced as plain code).
@@ -35,6 +38,18 @@ def prepare() -> None:
         eagerly = torch.compiler.disable(_call, recursive=True)
 
 
+def exporting() -> bool:
+    """Called where :data:`is_compiling` is True: whether the trace is not torch.compile's but
+    torch.export's (strict, or not strict: the code runs on fake tensors and no Dynamo), or another
+    trace of that kind. There the probe is the code it patches: nothing to record (a trace is not
+    a training step), and a graph break, which is how it stays out of torch.compile's graphs, is an
+    error (strict export), or recurses (not strict, where :data:`eagerly` changes nothing).
+    torch < 2.5 has no ``is_exporting``: a strict export then looks like torch.compile."""
+    if _is_exporting is not None and _is_exporting():
+        return True
+    return _is_dynamo_compiling is not None and not _is_dynamo_compiling()
+
+
 def _noted(note: Callable[[], None] | None, fn: Callable[..., Any], a: Any, b: Any, c: Any) -> None:
     if note is not None:
         note()
@@ -48,7 +63,8 @@ def untraced(fn: Callable[[Any, Any, Any], None], note: Callable[[], None] | Non
     two: ``fn`` then gets None third), passed as such: no ``*args`` packing on the hot path."""
     def hook(a: Any, b: Any, c: Any = None) -> None:
         if eagerly is not None and is_compiling():
-            eagerly(_noted, note, fn, a, b, c)
+            if not exporting():  # an export records nothing
+                eagerly(_noted, note, fn, a, b, c)
         else:
             fn(a, b, c)
 
@@ -64,6 +80,8 @@ def call_untraced(fn: Callable[..., None], *args: Any) -> None:
     bookkeeping made it raise into the trainer ('getset_descriptor' object is not subscriptable,
     at a Categorical's __dict__). Not compiling: one check and one call."""
     if is_compiling():
+        if exporting():
+            return  # nothing is recorded from an export's trace
         if eagerly is not None:
             eagerly(fn, *args)
             return
