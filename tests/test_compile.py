@@ -97,7 +97,7 @@ def test_a_categorical_dynamo_looks_through_is_named(tmp_path, validation, monke
         if not dynamo.is_compiling():
             fn(*args)
 
-    monkeypatch.setattr(categorical, "_is_compiling", lambda: False)
+    monkeypatch.setattr(categorical, "_traced", lambda: False)
     monkeypatch.setattr(dynamo, "call_untraced", lost_when_traced)
     validation(False)
     _, path = _compiled_run(tmp_path, watched=True)

@@ -16,7 +16,7 @@ version tags, after which its lookups are never cached again in the process (``p
 benchmarks/type_modified.py --spend 1100``: +2.0% instructions a CleanRL rollout step on 3.13).
 The dispatchers have Categorical's own signatures (checked at install; a torch whose signatures
 differ gets ``*args, **kwargs`` ones), so a call that reports nothing costs one Python frame
-and one ``torch.compiler.is_compiling()`` check.
+and one ``torch.compiler.is_dynamo_compiling()`` check.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ _OVERRIDABLE = ("log_prob", "entropy")
 _sub_originals: dict[tuple[type, str], Any] = {}
 _subclasses: weakref.WeakSet[type] = weakref.WeakSet()  # seen: patched again at each install
 _is_compiling = dynamo.is_compiling
+_traced = dynamo.is_dynamo_compiling  # the dispatchers' check (a non-strict export: see call_untraced)
 
 
 class _Events(threading.local):
@@ -285,12 +286,14 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
     reads of :data:`_live` and the event count would become guards of the trainer's compiled code
     (recompiled at each change) and its reports graph breaks inside it. Before Dynamo is prepared
     (a torch.compile made inside the watch) it is traced as plain code, reports untraced. Traced
-    by torch.export (:func:`.dynamo.exporting`) it is Categorical's own method, reporting nothing.
+    by torch.export (:func:`.dynamo.exporting`) it is Categorical's own method, reporting nothing:
+    a strict export is Dynamo's trace; a non-strict one runs the dispatcher as eager code on fake
+    tensors, and :func:`.dynamo.call_untraced` drops its reports.
     """
     own_init, own_sample, own_log_prob, own_entropy = (own[name] for name in _PATCHED)
 
     def __init__(self: Any, probs: Any = None, logits: Any = None, validate_args: Any = None) -> None:
-        if _is_compiling():
+        if _traced():
             if dynamo.exporting():
                 own_init(self, probs, logits, validate_args)
                 return
@@ -304,7 +307,7 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
             _init_reported(self, own_init, (probs, logits, validate_args), {}, source)
 
     def sample(self: Any, sample_shape: Any = _EMPTY) -> Any:
-        if _is_compiling():
+        if _traced():
             if dynamo.exporting():
                 return own_sample(self, sample_shape)
             if dynamo.eagerly is not None:
@@ -315,7 +318,7 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
         return result
 
     def log_prob(self: Any, value: Any) -> Any:
-        if _is_compiling():
+        if _traced():
             if dynamo.exporting():
                 return own_log_prob(self, value)
             if dynamo.eagerly is not None:
@@ -327,7 +330,7 @@ def _dispatchers(own: dict[str, Any]) -> dict[str, Callable[..., Any]]:
         return result
 
     def entropy(self: Any) -> Any:
-        if _is_compiling():
+        if _traced():
             if dynamo.exporting():
                 return own_entropy(self)
             if dynamo.eagerly is not None:
@@ -345,7 +348,7 @@ def _generic(name: str, own: Any) -> Callable[..., Any]:
     """A dispatcher taking any arguments: for a torch whose Categorical methods take others than
     :func:`_dispatchers` knows (packing them costs more a call: ~1 us, measured ad hoc)."""
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _is_compiling():
+        if _traced():
             if dynamo.exporting():
                 return own(self, *args, **kwargs)
             if dynamo.eagerly is not None:

@@ -21,6 +21,10 @@ import torch
 is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 _is_exporting: Callable[[], bool] | None = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
 _is_dynamo_compiling: Callable[[], bool] | None = getattr(torch.compiler, "is_dynamo_compiling", None)
+#: True while Dynamo traces (torch.compile, strict torch.export), not in a non-strict export; one
+#: Python call where :data:`is_compiling` makes two (it asks ``torch.jit.is_scripting()`` first):
+#: the check the Categorical dispatchers make on every call.
+is_dynamo_compiling: Callable[[], bool] = _is_dynamo_compiling or is_compiling
 
 #: ``eagerly(fn, *args)`` calls ``fn(*args)``, never traced (nor anything it calls); None until
 #: :func:`prepare` finds Dynamo loaded (until then a compiled hook is traced as plain code).
