@@ -244,12 +244,16 @@ class _Scorer(nn.Module):
         return dist.log_prob(action), dist.entropy()
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["dynamo-prepared", "dynamo-unprepared"])
 @pytest.mark.parametrize("strict", [False, True])
-def test_a_policy_exported_inside_the_watch(tmp_path, strict):
+def test_a_policy_exported_inside_the_watch(tmp_path, strict, prepared, monkeypatch):
     """torch.export of a policy between two updates of a watched run (a checkpoint for
     deployment, say): the export sees Categorical's own methods, not the patch (it used to
     recurse without end when not strict, and stop at the patch's graph break when strict), the
-    exported program computes what the policy does, and the trace records nothing."""
+    exported program computes what the policy does, and the trace records nothing, also where
+    the watch has not made its Dynamo helper yet (Dynamo loaded after the watch began)."""
+    from ppo_probe.capture import dynamo
+
     if not hasattr(torch.compiler, "is_exporting"):
         # torch 2.3.1 cannot export this module unwatched either (an autograd state change while
         # exporting), and without is_exporting a strict export looks like torch.compile
@@ -261,8 +265,12 @@ def test_a_policy_exported_inside_the_watch(tmp_path, strict):
     with ppo_probe.watch(agent, optimizer, out=tmp_path / "run", strict=True) as w:
         _train(agent, optimizer, cycles=1)
         counts = dict(w.session.counts)
+        if not prepared:
+            monkeypatch.setattr(dynamo, "eagerly", None)
         exported = torch.export.export(_Scorer(agent), (obs, action), strict=strict)
-        assert w.session.counts == counts  # the export's trace recorded nothing
+        # the export's trace recorded nothing: no Categorical, no forward's input
+        assert w.session.counts == counts and w.session.entries.pending == []
+        monkeypatch.undo()
         got, then = exported.module()(obs, action), copy.deepcopy(agent)  # (the graph has no Categorical)
         _train(agent, optimizer, cycles=1)
     for g, want in zip(got, _Scorer(then)(obs, action)):

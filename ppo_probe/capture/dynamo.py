@@ -66,11 +66,13 @@ def untraced(fn: Callable[[Any, Any, Any], None], note: Callable[[], None] | Non
     take three arguments (module or optimizer, args, kwargs or output; a global forward pre-hook
     two: ``fn`` then gets None third), passed as such: no ``*args`` packing on the hot path."""
     def hook(a: Any, b: Any, c: Any = None) -> None:
-        if eagerly is not None and is_compiling():
-            if not exporting():  # an export records nothing
+        if is_compiling():
+            if exporting():
+                return  # nothing is recorded from an export's trace (prepared or not)
+            if eagerly is not None:
                 eagerly(_noted, note, fn, a, b, c)
-        else:
-            fn(a, b, c)
+                return
+        fn(a, b, c)
 
     return hook
 
